@@ -1,0 +1,529 @@
+//! The aggregate engine: applies source transactions to the state.
+//!
+//! Every fact change costs O(1) state reads and writes, whatever the table
+//! size: the fact's previous contribution is read from its stored record and
+//! retracted, the new one added. A dimension change re-derives only the facts
+//! that reference that dimension row (found through the dimension index).
+//!
+//! Changes accumulate in a [`Work`] (an overlay over the store) until the
+//! pipeline ends a batch with [`Engine::finish`], which yields one atomic
+//! state batch and the output rows that changed. After any error the engine
+//! and its work must be dropped and rebuilt from the store: its dimension
+//! cache may be ahead of what was committed.
+
+use super::accum::{Accum, RetractError};
+use super::bucket::{self, BucketError, Level};
+use super::catalog::FAMILIES;
+use super::family::{Contribution, Dim, DimRows, Family, Params};
+use super::keys::{AccumKey, DimKey, FactKey, IndexKey};
+use crate::decode::{Change, Transaction, Tuple};
+use crate::schema::{self, Row, RowKey, Table, Value};
+use jiff::tz::TimeZone;
+use raa_state::{Batch, Space, StateError, Store};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// How facts are aggregated. Stored with the state: a state built with other
+/// settings is refused, since its stored contributions would not match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub levels: Vec<Level>,
+    /// Width of a sub-hour bucket: 900 or 1800 seconds.
+    pub subhr_seconds: i64,
+    pub params: Params,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            levels: vec![Level::Subhr, Level::Hour, Level::Day],
+            subhr_seconds: 900,
+            params: Params {
+                service_level_threshold: 20,
+            },
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AggregateError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{table} row has a NULL or missing primary key")]
+    MissingKey { table: &'static str },
+    #[error(
+        "{table} row {key}: column {column} arrived as an unchanged TOAST value \
+         but raa holds no earlier image of the row"
+    )]
+    UnchangedWithoutImage {
+        table: &'static str,
+        key: i64,
+        column: &'static str,
+    },
+    #[error("{table} row {key}")]
+    Retract {
+        table: &'static str,
+        key: i64,
+        #[source]
+        source: RetractError,
+    },
+    #[error("{table} row {key}")]
+    Bucket {
+        table: &'static str,
+        key: i64,
+        #[source]
+        source: BucketError,
+    },
+    #[error("state has a corrupt {what} key")]
+    CorruptKey { what: &'static str },
+    #[error(
+        "the state was built with other aggregation settings ({stored:?}); this run asks for \
+         {configured:?}: restore a matching configuration, or rebuild from an empty state directory"
+    )]
+    SettingsChanged { stored: Settings, configured: Settings },
+}
+
+/// What raa remembers of one fact: its last image and what it contributed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactRecord {
+    pub row: Row,
+    pub contribs: Vec<Contribution>,
+}
+
+/// One changed output row; `values` is `None` when the row must be deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputRow {
+    pub family: u16,
+    pub level: Level,
+    pub bucket: i64,
+    pub group: Vec<Option<i64>>,
+    pub values: Option<Vec<Option<i64>>>,
+}
+
+/// The working set of one batch: everything read or changed, over the store.
+#[derive(Default)]
+pub struct Work {
+    facts: BTreeMap<FactKey, Option<FactRecord>>,
+    accums: HashMap<AccumKey, Accum>,
+    index: BTreeMap<IndexKey, bool>,
+    dims: BTreeMap<DimKey, Option<Row>>,
+    /// Row changes applied so far (for batch sizing).
+    pub changes: usize,
+}
+
+/// The result of a batch: the state to commit and the output rows to sink.
+pub struct Output {
+    pub state: Batch,
+    pub rows: Vec<OutputRow>,
+}
+
+pub struct Engine {
+    store: Arc<Store>,
+    settings: Settings,
+    dims: HashMap<DimKey, Row>,
+    zones: HashMap<String, TimeZone>,
+}
+
+const SETTINGS_META: &str = "aggregate-settings";
+
+impl Engine {
+    /// Loads the dimension cache and checks the stored settings.
+    pub fn open(store: Arc<Store>, settings: Settings) -> Result<Engine, AggregateError> {
+        if let Some(stored) = store.meta::<Settings>(SETTINGS_META)? {
+            if stored != settings {
+                return Err(AggregateError::SettingsChanged {
+                    stored,
+                    configured: settings,
+                });
+            }
+        }
+        let mut dims = HashMap::new();
+        for spec in schema::TABLES.iter().filter(|s| Dim::of_table(s.table).is_some()) {
+            let prefix = FactKey::table_prefix(spec.table);
+            for item in store.scan::<Row>(Space::Dim, &prefix) {
+                let (k, row) = item?;
+                let key = FactKey::decode_key(&k).ok_or(AggregateError::CorruptKey { what: "dimension" })?;
+                dims.insert(DimKey { table: spec.table, key }, row);
+            }
+        }
+        Ok(Engine {
+            store,
+            settings,
+            dims,
+            zones: HashMap::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Applies one committed source transaction to `work`.
+    pub fn apply(&mut self, work: &mut Work, txn: &Transaction) -> Result<(), AggregateError> {
+        for change in &txn.changes {
+            self.apply_change(work, change)?;
+            work.changes += 1;
+        }
+        Ok(())
+    }
+
+    fn apply_change(&mut self, w: &mut Work, change: &Change) -> Result<(), AggregateError> {
+        match change {
+            Change::Insert { table, new } => self.upsert(w, *table, None, new),
+            Change::Update { table, old_key, new } => self.upsert(w, *table, *old_key, new),
+            Change::Delete { table, key } => self.delete(w, *table, *key),
+            Change::Truncate { tables } => {
+                for &table in tables {
+                    self.truncate(w, table)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn upsert(
+        &mut self,
+        w: &mut Work,
+        table: Table,
+        old_key: Option<RowKey>,
+        new: &Tuple,
+    ) -> Result<(), AggregateError> {
+        let key = match new.0.first() {
+            Some(Some(Value::Int(k))) => RowKey(*k),
+            _ => return Err(AggregateError::MissingKey { table: table.name() }),
+        };
+        if let Some(old) = old_key.filter(|&o| o != key) {
+            self.delete(w, table, old)?;
+        }
+        if Dim::of_table(table).is_some() {
+            let dk = DimKey { table, key };
+            let prior = self.dims.get(&dk).cloned();
+            let row = resolve(table, key, new, prior.as_ref())?;
+            self.set_dim(w, dk, Some(row))
+        } else {
+            let fk = FactKey { table, key };
+            let prior = self.take_fact(w, fk)?;
+            let row = resolve(table, key, new, prior.as_ref().map(|p| &p.row))?;
+            if let Some(p) = &prior {
+                self.retract(w, fk, &p.contribs)?;
+            }
+            self.set_index(w, fk, prior.as_ref().map(|p| &p.row), Some(&row));
+            let contribs = self.contribute(fk, &row)?;
+            self.add(w, fk, &contribs)?;
+            w.facts.insert(fk, Some(FactRecord { row, contribs }));
+            Ok(())
+        }
+    }
+
+    fn delete(&mut self, w: &mut Work, table: Table, key: RowKey) -> Result<(), AggregateError> {
+        if Dim::of_table(table).is_some() {
+            return self.set_dim(w, DimKey { table, key }, None);
+        }
+        let fk = FactKey { table, key };
+        if let Some(prior) = self.take_fact(w, fk)? {
+            self.retract(w, fk, &prior.contribs)?;
+            self.set_index(w, fk, Some(&prior.row), None);
+        }
+        w.facts.insert(fk, None);
+        Ok(())
+    }
+
+    /// TRUNCATE: every row of the table goes, with what it contributed.
+    fn truncate(&mut self, w: &mut Work, table: Table) -> Result<(), AggregateError> {
+        if Dim::of_table(table).is_some() {
+            let keys: Vec<RowKey> = self.dims.keys().filter(|d| d.table == table).map(|d| d.key).collect();
+            for key in keys {
+                self.delete(w, table, key)?;
+            }
+            return Ok(());
+        }
+        let prefix = FactKey::table_prefix(table);
+        let mut keys = Vec::new();
+        for item in self.store.scan::<serde::de::IgnoredAny>(Space::Fact, &prefix) {
+            let (k, _) = item?;
+            let key = FactKey::decode_key(&k).ok_or(AggregateError::CorruptKey { what: "fact" })?;
+            keys.push(FactKey { table, key });
+        }
+        keys.extend(w.facts.iter().filter(|(k, v)| k.table == table && v.is_some()).map(|(k, _)| *k));
+        keys.sort();
+        keys.dedup();
+        for fk in keys {
+            self.delete(w, table, fk.key)?;
+        }
+        Ok(())
+    }
+
+    /// Sets (or deletes) a dimension row and re-derives the facts that
+    /// reference it, when a column the families read has changed.
+    fn set_dim(&mut self, w: &mut Work, dk: DimKey, row: Option<Row>) -> Result<(), AggregateError> {
+        let prior = match &row {
+            Some(r) => self.dims.insert(dk, r.clone()),
+            None => self.dims.remove(&dk),
+        };
+        w.dims.insert(dk, row.clone());
+        if prior == row {
+            return Ok(());
+        }
+        for fk in self.referencing_facts(w, dk)? {
+            let Some(mut rec) = self.take_fact(w, fk)? else {
+                continue;
+            };
+            self.retract(w, fk, &rec.contribs)?;
+            rec.contribs = self.contribute(fk, &rec.row)?;
+            self.add(w, fk, &rec.contribs)?;
+            w.facts.insert(fk, Some(rec));
+        }
+        Ok(())
+    }
+
+    /// Facts whose row references `dk`, from the store's index and this batch's changes to it.
+    fn referencing_facts(&self, w: &Work, dk: DimKey) -> Result<Vec<FactKey>, AggregateError> {
+        let prefix = IndexKey::dim_prefix(dk);
+        let mut out = Vec::new();
+        for item in self.store.scan::<()>(Space::Index, &prefix) {
+            let (k, ()) = item?;
+            out.push(IndexKey::decode_fact(&k).ok_or(AggregateError::CorruptKey { what: "index" })?);
+        }
+        let lo = IndexKey {
+            dim: dk,
+            fact: FactKey {
+                table: Table::Irf,
+                key: RowKey(i64::MIN),
+            },
+        };
+        for (ik, present) in w.index.range(lo..).take_while(|(ik, _)| ik.dim == dk) {
+            if *present {
+                out.push(ik.fact);
+            } else {
+                out.retain(|f| *f != ik.fact);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Removes the fact's record from the overlay (or reads it from the store);
+    /// the caller puts back the new record or `None`.
+    fn take_fact(&self, w: &mut Work, fk: FactKey) -> Result<Option<FactRecord>, AggregateError> {
+        match w.facts.remove(&fk) {
+            Some(rec) => Ok(rec),
+            None => Ok(self.store.get(&fk)?),
+        }
+    }
+
+    /// Updates the dimension index for a fact whose row changed from `old` to `new`.
+    fn set_index(&self, w: &mut Work, fk: FactKey, old: Option<&Row>, new: Option<&Row>) {
+        let spec = fk.table.spec();
+        for dim in index_dims(fk.table) {
+            let Some(slot) = dim.fk_slot(spec) else { continue };
+            let before = old.and_then(|r| r.int(slot));
+            let after = new.and_then(|r| r.int(slot));
+            if before == after {
+                continue;
+            }
+            let entry = |k: i64| IndexKey {
+                dim: DimKey {
+                    table: dim.table(),
+                    key: RowKey(k),
+                },
+                fact: fk,
+            };
+            if let Some(k) = before {
+                w.index.insert(entry(k), false);
+            }
+            if let Some(k) = after {
+                w.index.insert(entry(k), true);
+            }
+        }
+    }
+
+    /// The fact's contributions to every family reading its table.
+    fn contribute(&mut self, fk: FactKey, row: &Row) -> Result<Vec<Contribution>, AggregateError> {
+        let spec = fk.table.spec();
+        let mut out = Vec::new();
+        for (idx, family) in FAMILIES.iter().enumerate().filter(|(_, f)| f.source == fk.table) {
+            let lookup = |dim: Dim| {
+                let k = row.int(dim.fk_slot(spec)?)?;
+                self.dims.get(&DimKey {
+                    table: dim.table(),
+                    key: RowKey(k),
+                })
+            };
+            let dims = DimRows {
+                tenant: lookup(Dim::Tenant),
+                resource: lookup(Dim::Resource),
+                technical_descriptor: lookup(Dim::TechnicalDescriptor),
+            };
+            if !family.includes(row, &dims) {
+                continue;
+            }
+            let Some(ts) = family.timestamp(row) else { continue };
+            let zone_name = dims.tenant.and_then(|t| t.get(schema::tenant::TIME_ZONE).as_text()).map(str::to_owned);
+            let values = family.values(row, &dims, &self.settings.params);
+            let group = family.group(row);
+            let tz = self.zone(zone_name.as_deref());
+            let buckets = self
+                .settings
+                .levels
+                .iter()
+                .map(|l| l.bucket(ts, &tz, self.settings.subhr_seconds))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| AggregateError::Bucket {
+                    table: spec.name,
+                    key: fk.key.0,
+                    source,
+                })?;
+            out.push(Contribution {
+                family: idx as u16,
+                group,
+                buckets,
+                values,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The tenant's zone; an unknown zone name is read as UTC (and logged once),
+    /// as `verify`'s SQL does.
+    fn zone(&mut self, name: Option<&str>) -> TimeZone {
+        let Some(name) = name else { return TimeZone::UTC };
+        if let Some(tz) = self.zones.get(name) {
+            return tz.clone();
+        }
+        let tz = bucket::zone(Some(name)).unwrap_or_else(|e| {
+            tracing::warn!(zone = name, error = %e, "unknown tenant time zone: aggregating in UTC");
+            TimeZone::UTC
+        });
+        self.zones.insert(name.to_owned(), tz.clone());
+        tz
+    }
+
+    fn add(&self, w: &mut Work, fk: FactKey, contribs: &[Contribution]) -> Result<(), AggregateError> {
+        self.apply_contribs(w, fk, contribs, 1)
+    }
+
+    fn retract(&self, w: &mut Work, fk: FactKey, contribs: &[Contribution]) -> Result<(), AggregateError> {
+        self.apply_contribs(w, fk, contribs, -1)
+    }
+
+    fn apply_contribs(
+        &self,
+        w: &mut Work,
+        fk: FactKey,
+        contribs: &[Contribution],
+        sign: i64,
+    ) -> Result<(), AggregateError> {
+        for c in contribs {
+            let family = FAMILIES[usize::from(c.family)];
+            for key in self.accum_keys(c) {
+                self.accum(w, key, family)?
+                    .apply(family, &c.values, sign)
+                    .map_err(|source| AggregateError::Retract {
+                        table: fk.table.name(),
+                        key: fk.key.0,
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn accum_keys<'c>(&'c self, c: &'c Contribution) -> impl Iterator<Item = AccumKey> + 'c {
+        self.settings.levels.iter().zip(&c.buckets).map(|(&level, &bucket)| AccumKey {
+            family: c.family,
+            level,
+            bucket,
+            group: c.group.clone(),
+        })
+    }
+
+    fn accum<'w>(&self, w: &'w mut Work, key: AccumKey, family: &Family) -> Result<&'w mut Accum, AggregateError> {
+        use std::collections::hash_map::Entry;
+        match w.accums.entry(key) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let acc = self.store.get(e.key())?.unwrap_or_else(|| Accum::new(family));
+                Ok(e.insert(acc))
+            }
+        }
+    }
+
+    /// Ends a batch: the state batch to commit atomically, and the output rows
+    /// to write (absolute values, or deletions).
+    pub fn finish(&self, w: Work) -> Result<Output, AggregateError> {
+        let mut state = Batch::default();
+        if self.store.meta::<Settings>(SETTINGS_META)?.is_none() {
+            state.put_meta(SETTINGS_META, &self.settings)?;
+        }
+        for (fk, rec) in &w.facts {
+            match rec {
+                Some(r) => state.put(fk, r)?,
+                None => state.remove(fk),
+            }
+        }
+        for (ik, present) in &w.index {
+            if *present {
+                state.put(ik, &())?;
+            } else {
+                state.remove(ik);
+            }
+        }
+        for (dk, row) in &w.dims {
+            match row {
+                Some(r) => state.put(dk, r)?,
+                None => state.remove(dk),
+            }
+        }
+        let mut rows = Vec::with_capacity(w.accums.len());
+        for (key, acc) in w.accums {
+            let family = FAMILIES[usize::from(key.family)];
+            let values = acc.output(family);
+            if values.is_some() {
+                state.put(&key, &acc)?;
+            } else {
+                state.remove(&key);
+            }
+            rows.push(OutputRow {
+                family: key.family,
+                level: key.level,
+                bucket: key.bucket,
+                group: key.group,
+                values,
+            });
+        }
+        Ok(Output { state, rows })
+    }
+}
+
+/// The dimensions a fact table is indexed by: every one a family of it reads.
+fn index_dims(table: Table) -> Vec<Dim> {
+    let mut out: Vec<Dim> = FAMILIES
+        .iter()
+        .filter(|f| f.source == table)
+        .flat_map(|f| f.dims())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Fills unchanged-TOAST slots from the row's last image, or refuses.
+fn resolve(table: Table, key: RowKey, new: &Tuple, prior: Option<&Row>) -> Result<Row, AggregateError> {
+    let spec = table.spec();
+    new.0
+        .iter()
+        .enumerate()
+        .map(|(slot, v)| match (v, prior) {
+            (Some(v), _) => Ok(v.clone()),
+            (None, Some(p)) => Ok(p.get(slot).clone()),
+            (None, None) => Err(AggregateError::UnchangedWithoutImage {
+                table: spec.name,
+                key: key.0,
+                column: spec.columns.get(slot).map_or("?", |c| c.name),
+            }),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Row)
+}

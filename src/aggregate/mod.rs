@@ -1,0 +1,17 @@
+//! Aggregate: typed source transactions in, changed aggregate rows out.
+//!
+//! - [`catalog`] declares the families; [`family`] is the declaration language
+//!   and renders the SQL that follows from it.
+//! - [`bucket`] places instants in time buckets (calendar, zones, DST).
+//! - [`engine`] applies changes to the state with exact retraction;
+//!   [`accum`] is one output row's arithmetic, [`keys`] the state's key layout.
+
+pub mod accum;
+pub mod bucket;
+pub mod catalog;
+pub mod engine;
+pub mod family;
+pub mod keys;
+
+pub use bucket::Level;
+pub use engine::{AggregateError, Engine, FactRecord, Output, OutputRow, Settings, Work};

@@ -1,0 +1,34 @@
+//! raa: the Reporting and Analytics Aggregates layer under GCXI, in real time.
+//!
+//! The data path, one module per stage:
+//!
+//! ```text
+//!  Info Mart (PostgreSQL)                                        Info Mart
+//!  ─ WAL ─▶ source ─bytes─▶ decode ─Transaction─▶ aggregate ─rows─▶ sink ─▶ ag2_* tables
+//!            (slot,          (pgoutput,            (families,        (upserts +
+//!             acks)           framing)              engine)           progress row)
+//!                                                     │
+//!                                                   state (raa-state crate: sled)
+//! ```
+//!
+//! [`pipeline`] wires the stages and argues why its acknowledgements are safe;
+//! [`ops`] holds what runs beside them. [`schema`] is the Info Mart subset raa
+//! reads; [`verify`] recomputes the aggregates in SQL to check them;
+//! [`embedded`] and [`loadgen`] give a throwaway database and traffic for the
+//! demo, the tests and the benchmarks.
+
+pub mod aggregate;
+pub mod decode;
+pub mod embedded;
+pub mod loadgen;
+pub mod ops;
+pub mod pipeline;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod verify;
+
+pub use raa_state::Lsn;
+
+/// The Info Mart subset DDL (tables raa reads), for tests, demos and load tests.
+pub const INFOMART_SQL: &str = include_str!("../sql/infomart.sql");

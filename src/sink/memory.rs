@@ -1,0 +1,43 @@
+//! The in-memory twin of the PostgreSQL sink, for tests and benchmarks that
+//! separate the pipeline's own cost from PostgreSQL's.
+
+use super::{Sink, SinkError};
+use crate::aggregate::{Level, OutputRow};
+use raa_state::Lsn;
+use std::collections::BTreeMap;
+
+/// A row's identity: family, level, bucket, group values.
+pub type RowId = (u16, Level, i64, Vec<Option<i64>>);
+
+#[derive(Default, Debug)]
+pub struct MemorySink {
+    pub rows: BTreeMap<RowId, Vec<Option<i64>>>,
+    pub progress: Option<Lsn>,
+    pub batches: usize,
+}
+
+impl Sink for MemorySink {
+    async fn progress(&mut self) -> Result<Option<Lsn>, SinkError> {
+        Ok(self.progress)
+    }
+
+    async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
+        if let Some(recorded) = self.progress.filter(|&p| p > lsn) {
+            return Err(SinkError::ProgressRegressed {
+                slot: "memory".into(),
+                recorded,
+                lsn,
+            });
+        }
+        for r in rows {
+            let id = (r.family, r.level, r.bucket, r.group.clone());
+            match &r.values {
+                Some(v) => self.rows.insert(id, v.clone()),
+                None => self.rows.remove(&id),
+            };
+        }
+        self.progress = Some(lsn);
+        self.batches += 1;
+        Ok(())
+    }
+}

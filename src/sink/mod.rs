@@ -1,0 +1,48 @@
+//! Sink: changed aggregate rows out to the tables GCXI reads.
+//!
+//! Contract of a [`Sink`]:
+//! - [`Sink::write`] applies one batch — upserts of absolute values, deletions
+//!   of rows no fact contributes to any more, and the progress LSN — in one
+//!   transaction, and returns only once it is durable. A reader sees all of a
+//!   batch or none of it; a batch holds whole source transactions.
+//! - Writing absolute values makes a replayed batch harmless.
+//! - The progress LSN never moves backwards; a write that would move it back is
+//!   refused (another raa on the same slot, or a restored database).
+
+pub mod memory;
+pub mod postgres;
+
+use crate::aggregate::OutputRow;
+use raa_state::Lsn;
+
+pub use memory::MemorySink;
+pub use postgres::PgSink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot connect to the sink database")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("sink statement failed: {what}")]
+    Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "progress of slot {slot} is already at {recorded}, past this batch's {lsn}: \
+         is another raa writing for the same slot?"
+    )]
+    ProgressRegressed { slot: String, recorded: Lsn, lsn: Lsn },
+    #[error("progress of slot {slot} holds an unreadable LSN {text:?}")]
+    BadProgress { slot: String, text: String },
+}
+
+/// Where aggregate rows go.
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    /// The LSN of the last batch committed for this slot, if any.
+    async fn progress(&mut self) -> Result<Option<Lsn>, SinkError>;
+
+    /// Writes `rows` and records `lsn` as progress, atomically and durably.
+    async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError>;
+}

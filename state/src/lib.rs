@@ -1,0 +1,22 @@
+//! raa's incremental aggregate state, kept in an embedded `sled` store.
+//!
+//! Why this state exists: with PostgreSQL's default REPLICA IDENTITY a delete
+//! carries only the primary key and an update only the new row. To retract a
+//! fact's old contribution in O(1) raa must remember, per fact, what it added.
+//! Next to those per-fact records the store keeps the aggregate accumulators
+//! and the last source position whose effects they hold.
+//!
+//! Invariants:
+//! - Everything lives in one sled tree, so one [`Batch`] (many source
+//!   transactions' worth of puts and removes, plus the new applied LSN) is
+//!   applied atomically by [`Store::commit`] and flushed before it returns.
+//! - Every value goes through [`codec`], which carries a format version: the
+//!   only place that knows the encoding (bincode 2, no longer maintained).
+
+pub mod codec;
+mod lsn;
+mod store;
+
+pub use codec::{CodecError, FORMAT_VERSION};
+pub use lsn::{Lsn, ParseLsnError};
+pub use store::{Batch, Space, StateError, StateKey, Store, StoreStats};

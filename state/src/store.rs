@@ -1,0 +1,331 @@
+//! The sled store: typed keys in namespaces of one tree, committed in atomic batches.
+
+use crate::codec::{self, CodecError, FORMAT_VERSION};
+use crate::lsn::Lsn;
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The namespaces of the store; the first byte of every key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Space {
+    /// Store metadata: format version, applied LSN, source identity.
+    Meta = 0,
+    /// Per-fact records: the last image raa saw and what it contributed.
+    Fact = 1,
+    /// Aggregate accumulators, one per output row.
+    Accum = 2,
+    /// Secondary indexes (dimension key → facts that reference it).
+    Index = 3,
+    /// Cached dimension rows.
+    Dim = 4,
+}
+
+/// A typed key: the namespace it lives in and an order-preserving encoding.
+pub trait StateKey {
+    const SPACE: Space;
+    /// Appends the key's bytes (without the namespace byte).
+    fn encode_key(&self, out: &mut Vec<u8>);
+}
+
+fn full_key<K: StateKey>(key: &K) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32);
+    out.push(K::SPACE as u8);
+    key.encode_key(&mut out);
+    out
+}
+
+const META_FORMAT: &[u8] = &[Space::Meta as u8, b'f'];
+const META_APPLIED: &[u8] = &[Space::Meta as u8, b'l'];
+const META_NAMED: u8 = b'n';
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open the state store at {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("state store I/O failed during {op}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("state value in {space:?} could not be encoded or decoded")]
+    Codec {
+        space: Space,
+        #[source]
+        source: CodecError,
+    },
+    #[error(
+        "state store at {path} has format version {found}; this build uses {FORMAT_VERSION}: \
+         restore a checkpoint made by a matching build or start from an empty state directory"
+    )]
+    FormatMismatch { path: PathBuf, found: u8 },
+    #[error("refusing to move the applied LSN backwards from {current} to {requested}")]
+    LsnBackwards { current: Lsn, requested: Lsn },
+}
+
+/// Size figures for metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    pub keys: usize,
+    pub disk_bytes: u64,
+}
+
+/// The state store. Cheap to share by reference; all writes go through [`Store::commit`].
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+    applied: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, checking its format version.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 * 1024 * 1024)
+            .open()
+            .map_err(|source| StateError::Open {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let tree = db.open_tree("state").map_err(|source| StateError::Open {
+            path: dir.to_owned(),
+            source,
+        })?;
+        match tree.get(META_FORMAT).map_err(io("open"))? {
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) => {
+                return Err(StateError::FormatMismatch {
+                    path: dir.to_owned(),
+                    found: v.first().copied().unwrap_or(0),
+                })
+            }
+            None => {
+                tree.insert(META_FORMAT, &[FORMAT_VERSION]).map_err(io("open"))?;
+                db.flush().map_err(io("open"))?;
+            }
+        }
+        let applied = match tree.get(META_APPLIED).map_err(io("open"))? {
+            Some(v) => decode::<Lsn>(Space::Meta, &v)?.0,
+            None => 0,
+        };
+        Ok(Store {
+            path: dir.to_owned(),
+            db,
+            tree,
+            applied: AtomicU64::new(applied),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The end LSN of the last source transaction whose effects are committed here;
+    /// `None` for a new store.
+    pub fn applied_lsn(&self) -> Option<Lsn> {
+        match self.applied.load(Ordering::Acquire) {
+            0 => None,
+            v => Some(Lsn(v)),
+        }
+    }
+
+    /// Reads one value.
+    pub fn get<K: StateKey, V: DeserializeOwned>(&self, key: &K) -> Result<Option<V>, StateError> {
+        match self.tree.get(full_key(key)).map_err(io("get"))? {
+            Some(bytes) => Ok(Some(decode(K::SPACE, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads a named metadata value (source identity, slot name, …).
+    pub fn meta<V: DeserializeOwned>(&self, name: &str) -> Result<Option<V>, StateError> {
+        match self.tree.get(meta_key(name)).map_err(io("get"))? {
+            Some(bytes) => Ok(Some(decode(Space::Meta, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Iterates the values of `space` whose encoded key starts with `prefix`,
+    /// yielding each key without its namespace byte.
+    pub fn scan<V: DeserializeOwned>(
+        &self,
+        space: Space,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, V), StateError>> + '_ {
+        let mut full = vec![space as u8];
+        full.extend_from_slice(prefix);
+        self.tree.scan_prefix(full).map(move |item| {
+            let (k, v) = item.map_err(io("scan"))?;
+            Ok((k[1..].to_vec(), decode(space, &v)?))
+        })
+    }
+
+    /// Applies `batch` and the new applied LSN atomically, then flushes to disk.
+    ///
+    /// The LSN never moves backwards; committing the same LSN again is allowed
+    /// (a batch that only refreshed metadata).
+    pub fn commit(&self, mut batch: Batch, applied: Lsn) -> Result<(), StateError> {
+        let current = Lsn(self.applied.load(Ordering::Acquire));
+        if applied < current {
+            return Err(StateError::LsnBackwards {
+                current,
+                requested: applied,
+            });
+        }
+        batch.inner.insert(META_APPLIED, encode(Space::Meta, &applied)?);
+        self.tree.apply_batch(batch.inner).map_err(io("commit"))?;
+        self.db.flush().map_err(io("flush"))?;
+        self.applied.store(applied.0, Ordering::Release);
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<StoreStats, StateError> {
+        Ok(StoreStats {
+            keys: self.tree.len(),
+            disk_bytes: self.db.size_on_disk().map_err(io("stats"))?,
+        })
+    }
+}
+
+/// Puts and removes to apply together with an applied LSN.
+#[derive(Default)]
+pub struct Batch {
+    inner: sled::Batch,
+    ops: usize,
+}
+
+impl Batch {
+    pub fn put<K: StateKey, V: Serialize>(&mut self, key: &K, value: &V) -> Result<(), StateError> {
+        self.inner.insert(full_key(key), encode(K::SPACE, value)?);
+        self.ops += 1;
+        Ok(())
+    }
+
+    pub fn remove<K: StateKey>(&mut self, key: &K) {
+        self.inner.remove(full_key(key));
+        self.ops += 1;
+    }
+
+    /// Removes a key as returned by [`Store::scan`] of `space`.
+    pub fn remove_raw(&mut self, space: Space, key: &[u8]) {
+        let mut full = Vec::with_capacity(key.len() + 1);
+        full.push(space as u8);
+        full.extend_from_slice(key);
+        self.inner.remove(full);
+        self.ops += 1;
+    }
+
+    pub fn put_meta<V: Serialize>(&mut self, name: &str, value: &V) -> Result<(), StateError> {
+        self.inner.insert(meta_key(name), encode(Space::Meta, value)?);
+        self.ops += 1;
+        Ok(())
+    }
+
+    /// How many puts and removes the batch holds.
+    pub fn len(&self) -> usize {
+        self.ops
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = vec![Space::Meta as u8, META_NAMED];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn io(op: &'static str) -> impl Fn(sled::Error) -> StateError {
+    move |source| StateError::Io { op, source }
+}
+
+fn encode<V: Serialize>(space: Space, value: &V) -> Result<Vec<u8>, StateError> {
+    codec::encode(value).map_err(|source| StateError::Codec { space, source })
+}
+
+fn decode<V: DeserializeOwned>(space: Space, bytes: &[u8]) -> Result<V, StateError> {
+    codec::decode(bytes).map_err(|source| StateError::Codec { space, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct FactId(u64);
+    impl StateKey for FactId {
+        const SPACE: Space = Space::Fact;
+        fn encode_key(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.0.to_be_bytes());
+        }
+    }
+
+    #[test]
+    fn batch_is_applied_with_its_lsn_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.applied_lsn(), None);
+            let mut b = Batch::default();
+            b.put(&FactId(1), &"one".to_string()).unwrap();
+            b.put(&FactId(2), &"two".to_string()).unwrap();
+            b.put_meta("slot", &"raa".to_string()).unwrap();
+            store.commit(b, Lsn(100)).unwrap();
+            let mut b = Batch::default();
+            b.remove(&FactId(1));
+            store.commit(b, Lsn(200)).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(200)));
+        assert_eq!(store.get::<_, String>(&FactId(1)).unwrap(), None);
+        assert_eq!(store.get::<_, String>(&FactId(2)).unwrap().as_deref(), Some("two"));
+        assert_eq!(store.meta::<String>("slot").unwrap().as_deref(), Some("raa"));
+        let all: Vec<(Vec<u8>, String)> = store
+            .scan(Space::Fact, &[])
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(all, vec![(2_u64.to_be_bytes().to_vec(), "two".to_string())]);
+    }
+
+    #[test]
+    fn applied_lsn_never_moves_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.commit(Batch::default(), Lsn(500)).unwrap();
+        let err = store.commit(Batch::default(), Lsn(400)).unwrap_err();
+        assert!(matches!(err, StateError::LsnBackwards { .. }), "{err}");
+        assert_eq!(store.applied_lsn(), Some(Lsn(500)));
+    }
+
+    #[test]
+    fn refuses_a_store_of_another_format() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("state").unwrap();
+            tree.insert(META_FORMAT, &[FORMAT_VERSION + 1]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StateError::FormatMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn wrongly_typed_value_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(&FactId(7), &(1_u8, 2_u8)).unwrap();
+        store.commit(b, Lsn(1)).unwrap();
+        assert!(store.get::<_, Vec<String>>(&FactId(7)).is_err());
+    }
+}

@@ -67,7 +67,10 @@ fn is_root() -> bool {
 
 fn free_port() -> Result<u16, EmbeddedError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
-    Ok(listener.local_addr().map_err(io("finding a free port"))?.port())
+    Ok(listener
+        .local_addr()
+        .map_err(io("finding a free port"))?
+        .port())
 }
 
 impl EmbeddedPostgres {
@@ -85,7 +88,10 @@ impl EmbeddedPostgres {
             .tempdir()
             .map_err(io("creating the cluster directory"))?;
         if as_postgres {
-            run(Command::new("chown").arg("postgres:").arg(dir.path()), "chown to postgres")?;
+            run(
+                Command::new("chown").arg("postgres:").arg(dir.path()),
+                "chown to postgres",
+            )?;
         }
         let port = free_port()?;
         let pg = EmbeddedPostgres {
@@ -93,11 +99,23 @@ impl EmbeddedPostgres {
             dir,
             port,
             as_postgres,
-            extra: settings.iter().map(|(k, v)| format!(" -c {k}={v}")).collect(),
+            extra: settings
+                .iter()
+                .map(|(k, v)| format!(" -c {k}={v}"))
+                .collect(),
         };
         let data = pg.data_dir();
         pg.pg_command("initdb", "initdb", |c| {
-            c.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
+            c.arg("-D").arg(&data).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]);
         })?;
         pg.start_server()?;
         pg.spawn_watchdog()?;
@@ -118,7 +136,10 @@ impl EmbeddedPostgres {
 
     /// A connection string for `database` over TCP on loopback.
     pub fn url(&self, database: &str) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname={database}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={database}",
+            self.port
+        )
     }
 
     /// A connection string for `database` over the Unix socket.
@@ -142,7 +163,13 @@ impl EmbeddedPostgres {
         let data = self.data_dir();
         let log = self.dir.path().join("server.log");
         self.pg_command("pg_ctl", "starting PostgreSQL", |c| {
-            c.arg("-D").arg(&data).arg("-o").arg(&opts).arg("-l").arg(&log).args(["-w", "start"]);
+            c.arg("-D")
+                .arg(&data)
+                .arg("-o")
+                .arg(&opts)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "start"]);
         })
     }
 
@@ -156,7 +183,12 @@ impl EmbeddedPostgres {
     }
 
     /// Runs a PostgreSQL binary, as the `postgres` user when we are root.
-    fn pg_command(&self, tool: &str, what: &str, args: impl FnOnce(&mut Command)) -> Result<(), EmbeddedError> {
+    fn pg_command(
+        &self,
+        tool: &str,
+        what: &str,
+        args: impl FnOnce(&mut Command),
+    ) -> Result<(), EmbeddedError> {
         let path = self.bin.join(tool);
         let mut cmd = if self.as_postgres {
             let mut c = Command::new("runuser");
@@ -174,7 +206,11 @@ impl EmbeddedPostgres {
     fn spawn_watchdog(&self) -> Result<(), EmbeddedError> {
         let stop = format!(
             "{} {} -D {} -m immediate stop",
-            if self.as_postgres { "runuser -u postgres --" } else { "" },
+            if self.as_postgres {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
             self.bin.join("pg_ctl").display(),
             self.data_dir().display()
         );
@@ -199,16 +235,21 @@ impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
         let data = self.data_dir();
         let _ = self.pg_command("pg_ctl", "stopping PostgreSQL", |c| {
-            c.arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]);
+            c.arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "-w", "stop"]);
         });
     }
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), EmbeddedError> {
-    let out = cmd.stdin(Stdio::null()).output().map_err(|e| EmbeddedError::Command {
-        what: what.to_owned(),
-        detail: e.to_string(),
-    })?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| EmbeddedError::Command {
+            what: what.to_owned(),
+            detail: e.to_string(),
+        })?;
     if out.status.success() {
         return Ok(());
     }

@@ -155,7 +155,11 @@ impl Generator {
         let talked = r.random_bool(0.8);
         let ring = r.random_range(0..60);
         let talk = if talked { r.random_range(10..900) } else { 0 };
-        let hold = if talked && r.random_bool(0.3) { r.random_range(5..120) } else { 0 };
+        let hold = if talked && r.random_bool(0.3) {
+            r.random_range(5..120)
+        } else {
+            0
+        };
         let acw = if talked { r.random_range(0..180) } else { 0 };
         let maybe_null = |r: &mut StdRng, v: i64| if r.random_bool(0.02) { None } else { Some(v) };
         [
@@ -166,7 +170,11 @@ impl Generator {
             Some(r.random_range(1..=3)),
             Some(resource),
             Some(td),
-            if r.random_bool(0.2) { None } else { Some(r.random_range(1..=5)) },
+            if r.random_bool(0.2) {
+                None
+            } else {
+                Some(r.random_range(1..=5))
+            },
             Some(start_ts - start_ts.rem_euclid(900)),
             Some(start_ts),
             Some(start_ts + ring + talk + hold + acw),
@@ -185,12 +193,21 @@ impl Generator {
     }
 
     fn random_ts(&mut self, late: bool) -> i64 {
-        let back = if late { self.rng.random_range(86_400..40 * 86_400) } else { 0 };
+        let back = if late {
+            self.rng.random_range(86_400..40 * 86_400)
+        } else {
+            0
+        };
         self.day_start + self.rng.random_range(0..86_400) - back
     }
 
     /// Inserts `n` new rows in one statement of the current transaction.
-    async fn insert(&mut self, c: &impl tokio_postgres::GenericClient, n: usize, late_share: f64) -> Result<Vec<i64>, tokio_postgres::Error> {
+    async fn insert(
+        &mut self,
+        c: &impl tokio_postgres::GenericClient,
+        n: usize,
+        late_share: f64,
+    ) -> Result<Vec<i64>, tokio_postgres::Error> {
         let mut cols = IrfColumns::default();
         let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
@@ -209,21 +226,40 @@ impl Generator {
 
     /// Updates `n` live rows: durations grow (the call finished); some move to
     /// another bucket, agent or descriptor.
-    async fn update(&mut self, c: &impl tokio_postgres::GenericClient, n: usize) -> Result<u64, tokio_postgres::Error> {
+    async fn update(
+        &mut self,
+        c: &impl tokio_postgres::GenericClient,
+        n: usize,
+    ) -> Result<u64, tokio_postgres::Error> {
         if self.live.is_empty() {
             return Ok(0);
         }
-        let mut ids: Vec<i64> = (0..n).map(|_| self.live[self.rng.random_range(0..self.live.len())]).collect();
+        let mut ids: Vec<i64> = (0..n)
+            .map(|_| self.live[self.rng.random_range(0..self.live.len())])
+            .collect();
         ids.sort();
         ids.dedup();
-        let (mut talk, mut starts, mut resources, mut tds) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut talk, mut starts, mut resources, mut tds) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in &ids {
             talk.push(self.rng.random_range(0..400_i64));
             let moved = self.rng.random_bool(0.2);
             let late = self.rng.random_bool(0.3);
-            starts.push(if moved { Some(self.random_ts(late)) } else { None });
-            resources.push(if self.rng.random_bool(0.1) { Some(self.rng.random_range(1..=AGENTS as i64)) } else { None });
-            tds.push(if self.rng.random_bool(0.1) { Some(self.rng.random_range(1..=36_i64)) } else { None });
+            starts.push(if moved {
+                Some(self.random_ts(late))
+            } else {
+                None
+            });
+            resources.push(if self.rng.random_bool(0.1) {
+                Some(self.rng.random_range(1..=AGENTS as i64))
+            } else {
+                None
+            });
+            tds.push(if self.rng.random_bool(0.1) {
+                Some(self.rng.random_range(1..=36_i64))
+            } else {
+                None
+            });
         }
         let n = c
             .execute(
@@ -244,20 +280,32 @@ impl Generator {
     }
 
     /// Deletes `n` live rows.
-    async fn delete(&mut self, c: &impl tokio_postgres::GenericClient, n: usize) -> Result<Vec<i64>, tokio_postgres::Error> {
+    async fn delete(
+        &mut self,
+        c: &impl tokio_postgres::GenericClient,
+        n: usize,
+    ) -> Result<Vec<i64>, tokio_postgres::Error> {
         let mut ids = Vec::new();
         for _ in 0..n.min(self.live.len()) {
             let i = self.rng.random_range(0..self.live.len());
             ids.push(self.live.swap_remove(i));
         }
-        c.execute("DELETE FROM interaction_resource_fact WHERE interaction_resource_id = ANY($1)", &[&ids])
-            .await?;
+        c.execute(
+            "DELETE FROM interaction_resource_fact WHERE interaction_resource_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
         Ok(ids)
     }
 
     /// A day of traffic: `rows` IRF rows inserted in transactions of `txn_rows`,
     /// with 10% of rows later updated, 2% deleted and 5% arriving late.
-    pub async fn day(&mut self, c: &mut Client, rows: usize, txn_rows: usize) -> Result<Written, tokio_postgres::Error> {
+    pub async fn day(
+        &mut self,
+        c: &mut Client,
+        rows: usize,
+        txn_rows: usize,
+    ) -> Result<Written, tokio_postgres::Error> {
         let txn_rows = txn_rows.max(1);
         let mut left = rows;
         while left > 0 {
@@ -278,7 +326,11 @@ impl Generator {
     }
 
     /// `rounds` random transactions mixing every kind of change.
-    pub async fn chaos(&mut self, c: &mut Client, rounds: usize) -> Result<Written, tokio_postgres::Error> {
+    pub async fn chaos(
+        &mut self,
+        c: &mut Client,
+        rounds: usize,
+    ) -> Result<Written, tokio_postgres::Error> {
         for _ in 0..rounds {
             let rollback = self.rng.random_bool(0.1);
             let tx = c.transaction().await?;
@@ -304,7 +356,8 @@ impl Generator {
                     95..=97 => self.null_columns(&tx).await?,
                     _ => {
                         if self.rng.random_bool(0.3) {
-                            tx.execute("TRUNCATE interaction_resource_fact", &[]).await?;
+                            tx.execute("TRUNCATE interaction_resource_fact", &[])
+                                .await?;
                             deleted.append(&mut self.live);
                         }
                     }
@@ -323,13 +376,21 @@ impl Generator {
             }
         }
         // Rebuild `live` from the table: key changes and truncates reshuffle it.
-        let rows = c.query("SELECT interaction_resource_id FROM interaction_resource_fact", &[]).await?;
+        let rows = c
+            .query(
+                "SELECT interaction_resource_id FROM interaction_resource_fact",
+                &[],
+            )
+            .await?;
         self.live = rows.iter().map(|r| r.get(0)).collect();
         Ok(self.written)
     }
 
     /// Moves a row to a new primary key (arrives as an update with the old key).
-    async fn change_key(&mut self, c: &impl tokio_postgres::GenericClient) -> Result<(), tokio_postgres::Error> {
+    async fn change_key(
+        &mut self,
+        c: &impl tokio_postgres::GenericClient,
+    ) -> Result<(), tokio_postgres::Error> {
         if self.live.is_empty() {
             return Ok(());
         }
@@ -345,7 +406,10 @@ impl Generator {
     }
 
     /// Changes a dimension row that facts reference.
-    async fn change_dimension(&mut self, c: &impl tokio_postgres::GenericClient) -> Result<(), tokio_postgres::Error> {
+    async fn change_dimension(
+        &mut self,
+        c: &impl tokio_postgres::GenericClient,
+    ) -> Result<(), tokio_postgres::Error> {
         match self.rng.random_range(0..4) {
             0 => {
                 let key = self.rng.random_range(1..=36);
@@ -358,9 +422,16 @@ impl Generator {
             }
             1 => {
                 let key = self.rng.random_range(1..=AGENTS);
-                let kind = if self.rng.random_bool(0.5) { "Agent" } else { "Supervisor" };
-                c.execute("UPDATE resource_ SET resource_type = $2 WHERE resource_key = $1", &[&key, &kind])
-                    .await?;
+                let kind = if self.rng.random_bool(0.5) {
+                    "Agent"
+                } else {
+                    "Supervisor"
+                };
+                c.execute(
+                    "UPDATE resource_ SET resource_type = $2 WHERE resource_key = $1",
+                    &[&key, &kind],
+                )
+                .await?;
             }
             2 => {
                 let key = self.rng.random_range(1..=36);
@@ -385,13 +456,21 @@ impl Generator {
     }
 
     /// Sets group or measure columns of a row to NULL.
-    async fn null_columns(&mut self, c: &impl tokio_postgres::GenericClient) -> Result<(), tokio_postgres::Error> {
+    async fn null_columns(
+        &mut self,
+        c: &impl tokio_postgres::GenericClient,
+    ) -> Result<(), tokio_postgres::Error> {
         if self.live.is_empty() {
             return Ok(());
         }
         let id = self.live[self.rng.random_range(0..self.live.len())];
-        let col = ["media_type_key", "technical_descriptor_key", "hold_duration", "ring_duration", "start_ts"]
-            [self.rng.random_range(0..5)];
+        let col = [
+            "media_type_key",
+            "technical_descriptor_key",
+            "hold_duration",
+            "ring_duration",
+            "start_ts",
+        ][self.rng.random_range(0..5)];
         c.execute(
             &format!("UPDATE interaction_resource_fact SET {col} = NULL WHERE interaction_resource_id = $1"),
             &[&id],

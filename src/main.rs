@@ -2,8 +2,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use raa::aggregate::{Settings, Level};
 use raa::aggregate::family::Params;
+use raa::aggregate::{Level, Settings};
 use raa::embedded::EmbeddedPostgres;
 use raa::loadgen::Generator;
 use raa::ops::shutdown::Shutdown;
@@ -15,7 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "raa", version, about = "Real-time Reporting and Analytics Aggregates for Genesys Info Mart")]
+#[command(
+    name = "raa",
+    version,
+    about = "Real-time Reporting and Analytics Aggregates for Genesys Info Mart"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,7 +40,11 @@ struct SourceArgs {
 
 impl SourceArgs {
     fn config(&self) -> Result<SourceConfig> {
-        Ok(SourceConfig::new(&self.source_url, &self.slot, &self.publication)?)
+        Ok(SourceConfig::new(
+            &self.source_url,
+            &self.slot,
+            &self.publication,
+        )?)
     }
 }
 
@@ -54,7 +62,9 @@ fn parse_subhr(s: &str) -> Result<i64, String> {
     match s.trim() {
         "15" => Ok(15),
         "30" => Ok(30),
-        other => Err(format!("sub-hour buckets are 15 or 30 minutes, not {other:?}")),
+        other => Err(format!(
+            "sub-hour buckets are 15 or 30 minutes, not {other:?}"
+        )),
     }
 }
 
@@ -146,7 +156,9 @@ enum Command {
 fn main() -> Result<()> {
     raa::ops::telemetry::init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let code = rt.block_on(dispatch(cli.command))?;
     std::process::exit(code);
 }
@@ -157,7 +169,9 @@ async fn dispatch(command: Command) -> Result<i32> {
         Command::Run { source, agg, run } => {
             let shutdown = Shutdown::default();
             shutdown.on_signals()?;
-            run_pipeline(&source.config()?, &agg.settings(), &run, shutdown).await.map(|_| 0)
+            run_pipeline(&source.config()?, &agg.settings(), &run, shutdown)
+                .await
+                .map(|_| 0)
         }
         Command::Verify { source, agg } => verify(&source.config()?, &agg.settings()).await,
         Command::Ddl { agg } => {
@@ -175,7 +189,10 @@ async fn dispatch(command: Command) -> Result<i32> {
             let cfg = SourceConfig::new(&source_url, "raa", "raa")?;
             let mut client = cfg.connect().await.context("connecting to the source")?;
             if create_tables {
-                client.batch_execute(raa::INFOMART_SQL).await.context("creating the Info Mart tables")?;
+                client
+                    .batch_execute(raa::INFOMART_SQL)
+                    .await
+                    .context("creating the Info Mart tables")?;
             }
             let started = Instant::now();
             let mut g = Generator::new(seed, default_day());
@@ -205,9 +222,15 @@ fn default_day() -> i64 {
 async fn init(source: &SourceConfig, settings: &Settings) -> Result<()> {
     let client = source.connect().await.context("connecting to the source")?;
     setup::check_server(&client).await?;
-    client.batch_execute(&ddl(settings)).await.context("creating raa's tables")?;
+    client
+        .batch_execute(&ddl(settings))
+        .await
+        .context("creating raa's tables")?;
     setup::create_objects(&client, &source.slot, &source.publication).await?;
-    eprintln!("raa is set up: slot {}, publication {}", source.slot, source.publication);
+    eprintln!(
+        "raa is set up: slot {}, publication {}",
+        source.slot, source.publication
+    );
     Ok(())
 }
 
@@ -272,7 +295,9 @@ async fn verify(source: &SourceConfig, settings: &Settings) -> Result<i32> {
 async fn demo(rows: usize) -> Result<i32> {
     eprintln!("starting a throwaway PostgreSQL 15 …");
     let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start).await??;
-    let admin = SourceConfig::new(&pg.url("postgres"), "raa", "raa")?.connect().await?;
+    let admin = SourceConfig::new(&pg.url("postgres"), "raa", "raa")?
+        .connect()
+        .await?;
     admin.batch_execute("CREATE DATABASE infomart").await?;
     let source = SourceConfig::new(&pg.url("infomart"), "raa", "raa")?;
     let mut client = source.connect().await?;
@@ -292,14 +317,20 @@ async fn demo(rows: usize) -> Result<i32> {
     };
     let mut g = Generator::new(7, default_day());
     g.dimensions(&client).await?;
-    for (round, what) in [(1, "a day of traffic"), (2, "late, updated and deleted facts, dimension changes")] {
+    for (round, what) in [
+        (1, "a day of traffic"),
+        (2, "late, updated and deleted facts, dimension changes"),
+    ] {
         let started = Instant::now();
         if round == 1 {
             g.day(&mut client, rows, 500).await?;
         } else {
             g.chaos(&mut client, 300).await?;
         }
-        eprintln!("round {round}: wrote {what} in {:.1}s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "round {round}: wrote {what} in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         run_pipeline(&source, &settings, &run, Shutdown::default()).await?;
         if verify(&source, &settings).await? != 0 {
             bail!("the aggregates differ from the SQL recomputation");

@@ -21,7 +21,9 @@ use crate::aggregate::{AggregateError, Engine, Settings, Work};
 use crate::decode::Transaction;
 use crate::ops::shutdown::Shutdown;
 use crate::sink::{Sink, SinkError};
-use crate::source::{self, setup, SetupError, SourceConfig, SourceEvent, StreamError, StreamHandle};
+use crate::source::{
+    self, setup, SetupError, SourceConfig, SourceEvent, StreamError, StreamHandle,
+};
 use raa_state::{Lsn, StateError, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +38,16 @@ pub struct Options {
     pub idle_commit_interval: Duration,
     /// Stop once everything committed before the start is in the sink.
     pub until_caught_up: bool,
+    /// Test hook: stop with [`PipelineError::Failpoint`] at this point, as a crash would.
+    #[doc(hidden)]
+    pub failpoint: Option<Failpoint>,
+}
+
+/// Points in a batch commit where tests stop the pipeline on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failpoint {
+    /// After the sink committed batch number `n` (from 1), before the state did.
+    AfterSinkCommit(u64),
 }
 
 impl Default for Options {
@@ -45,6 +57,7 @@ impl Default for Options {
             batch_delay: Duration::from_millis(200),
             idle_commit_interval: Duration::from_secs(10),
             until_caught_up: false,
+            failpoint: None,
         }
     }
 }
@@ -81,6 +94,8 @@ pub enum PipelineError {
         #[source]
         source: StateError,
     },
+    #[error("stopped at failpoint {0:?}")]
+    Failpoint(Failpoint),
     #[error("cannot connect to the source database")]
     Connect(#[source] tokio_postgres::Error),
     #[error(
@@ -99,7 +114,11 @@ pub enum PipelineError {
          WAL between is gone and resuming would lose facts. Restore the matching state directory, \
          or rebuild from an empty one with a new slot"
     )]
-    SlotAhead { slot: String, confirmed: Lsn, state: Lsn },
+    SlotAhead {
+        slot: String,
+        confirmed: Lsn,
+        state: Lsn,
+    },
 }
 
 /// What a run did.
@@ -122,7 +141,9 @@ pub fn resume_point(
     match (state, sink) {
         (None, Some(sink)) => Err(PipelineError::StateLost { sink }),
         (None, None) => Ok(slot_confirmed),
-        (Some(state), sink) if sink.is_none_or(|s| s < state) => Err(PipelineError::SinkBehind { state, sink }),
+        (Some(state), sink) if sink.is_none_or(|s| s < state) => {
+            Err(PipelineError::SinkBehind { state, sink })
+        }
         (Some(state), _) if slot_confirmed > state => Err(PipelineError::SlotAhead {
             slot: slot.to_owned(),
             confirmed: slot_confirmed,
@@ -146,9 +167,19 @@ pub async fn run<S: Sink>(
     setup::check_server(&sql).await?;
     let slot = setup::slot_info(&sql, &source.slot).await?;
     let mut p = Pipeline::new(store, settings, sink)?;
-    p.sink_progress = p.sink.progress().await.map_err(PipelineError::SinkProgress)?;
-    let start = resume_point(&source.slot, p.store.applied_lsn(), p.sink_progress, slot.confirmed_flush)?;
+    p.sink_progress = p
+        .sink
+        .progress()
+        .await
+        .map_err(PipelineError::SinkProgress)?;
+    let start = resume_point(
+        &source.slot,
+        p.store.applied_lsn(),
+        p.sink_progress,
+        slot.confirmed_flush,
+    )?;
     p.durable = start;
+    p.failpoint = opts.failpoint;
     let target = if opts.until_caught_up {
         Some(setup::current_wal_lsn(&sql).await?)
     } else {
@@ -175,14 +206,16 @@ struct Pipeline<S> {
     batch_started: Option<Instant>,
     last_commit: Instant,
     summary: Summary,
+    failpoint: Option<Failpoint>,
 }
 
 impl<S: Sink> Pipeline<S> {
     fn new(store: Arc<Store>, settings: Settings, sink: S) -> Result<Self, PipelineError> {
-        let engine = Engine::open(store.clone(), settings).map_err(|source| PipelineError::Finish {
-            lsn: store.applied_lsn().unwrap_or_default(),
-            source,
-        })?;
+        let engine =
+            Engine::open(store.clone(), settings).map_err(|source| PipelineError::Finish {
+                lsn: store.applied_lsn().unwrap_or_default(),
+                source,
+            })?;
         Ok(Pipeline {
             store,
             engine,
@@ -194,6 +227,7 @@ impl<S: Sink> Pipeline<S> {
             batch_started: None,
             last_commit: Instant::now(),
             summary: Summary::default(),
+            failpoint: None,
         })
     }
 
@@ -278,7 +312,8 @@ impl<S: Sink> Pipeline<S> {
         self.batch_started = None;
         let work = std::mem::take(&mut self.work);
         let engine = &self.engine;
-        let out = blocking(|| engine.finish(work)).map_err(|source| PipelineError::Finish { lsn: end, source })?;
+        let out = blocking(|| engine.finish(work))
+            .map_err(|source| PipelineError::Finish { lsn: end, source })?;
         if self.sink_progress.is_none_or(|p| end > p) {
             let started = Instant::now();
             self.sink
@@ -286,10 +321,16 @@ impl<S: Sink> Pipeline<S> {
                 .await
                 .map_err(|source| PipelineError::Sink { lsn: end, source })?;
             self.sink_progress = Some(end);
+            if self.failpoint == Some(Failpoint::AfterSinkCommit(self.summary.batches + 1)) {
+                return Err(PipelineError::Failpoint(Failpoint::AfterSinkCommit(
+                    self.summary.batches + 1,
+                )));
+            }
             tracing::debug!(%end, rows = out.rows.len(), ms = started.elapsed().as_millis() as u64, "sink committed");
         }
         let store = &self.store;
-        blocking(|| store.commit(out.state, end)).map_err(|source| PipelineError::State { lsn: end, source })?;
+        blocking(|| store.commit(out.state, end))
+            .map_err(|source| PipelineError::State { lsn: end, source })?;
         self.durable = end;
         self.summary.durable = end;
         self.summary.batches += 1;
@@ -329,9 +370,15 @@ mod tests {
 
     #[test]
     fn resumes_from_the_state_when_the_sink_is_level_or_ahead() {
-        assert_eq!(resume_point(SLOT, Some(Lsn(100)), Some(Lsn(100)), Lsn(90)).unwrap(), Lsn(100));
+        assert_eq!(
+            resume_point(SLOT, Some(Lsn(100)), Some(Lsn(100)), Lsn(90)).unwrap(),
+            Lsn(100)
+        );
         // Crash after the sink commit, before the state commit.
-        assert_eq!(resume_point(SLOT, Some(Lsn(100)), Some(Lsn(150)), Lsn(100)).unwrap(), Lsn(100));
+        assert_eq!(
+            resume_point(SLOT, Some(Lsn(100)), Some(Lsn(150)), Lsn(100)).unwrap(),
+            Lsn(100)
+        );
     }
 
     #[test]

@@ -247,7 +247,10 @@ mod tests {
         assert_eq!(IRF.slot("interaction_resource_id"), Some(irf::ID));
         assert_eq!(IRF.slot("cons_rcv_count"), Some(irf::CONS_RCV_COUNT));
         assert_eq!(IRF.slot("start_ts"), Some(irf::START_TS));
-        assert_eq!(IRF.slot("technical_descriptor_key"), Some(irf::TECHNICAL_DESCRIPTOR_KEY));
+        assert_eq!(
+            IRF.slot("technical_descriptor_key"),
+            Some(irf::TECHNICAL_DESCRIPTOR_KEY)
+        );
         assert_eq!(TENANT.slot("time_zone"), Some(tenant::TIME_ZONE));
         assert_eq!(RESOURCE.slot("resource_type"), Some(resource::TYPE));
         assert_eq!(

@@ -6,6 +6,7 @@ mod support;
 
 use raa::aggregate::Settings;
 use raa::loadgen::Generator;
+use raa::pipeline::Failpoint;
 use support::TestDb;
 
 const DAY: i64 = 1_774_569_600; // 2026-03-27T00:00:00Z: New York is already on DST, Berlin not yet.
@@ -29,7 +30,10 @@ async fn random_workloads_match_the_sql_recomputation() {
         g.chaos(&mut c, 60).await.unwrap();
         g.day(&mut c, 500, 50).await.unwrap();
         let second = db.catch_up(state.path(), &settings).await;
-        assert!(second.transactions > 0 && second.durable > first.durable, "{second:?}");
+        assert!(
+            second.transactions > 0 && second.durable > first.durable,
+            "{second:?}"
+        );
         db.assert_verified(&settings).await;
         assert!(db.count("SELECT count(*) FROM ag2_agent_subhr").await > 0);
     }
@@ -55,31 +59,39 @@ async fn restarting_without_new_traffic_changes_nothing() {
 }
 
 /// The crash window between the sink commit and the state commit, on purpose:
-/// the state is rolled back to a copy taken before the run, so the restart
-/// re-applies transactions the aggregate tables already hold.
+/// the run stops after the sink committed a batch the state never did, so the
+/// restart re-applies transactions the aggregate tables already hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn state_behind_the_sink_replays_without_double_counting() {
+async fn crash_between_sink_and_state_commit_replays_without_double_counting() {
     let settings = Settings::default();
     let db = TestDb::new().await;
     db.init(&settings).await;
     let state = tempfile::tempdir().unwrap();
-    let dir = state.path().join("s");
     let mut c = db.client().await;
     let mut g = Generator::new(9, DAY);
     g.dimensions(&c).await.unwrap();
     g.day(&mut c, 800, 80).await.unwrap();
-    db.catch_up(&dir, &settings).await;
-    let saved = state.path().join("saved");
-    copy_dir(&dir, &saved);
-    g.chaos(&mut c, 40).await.unwrap();
-    db.catch_up(&dir, &settings).await;
-    db.assert_verified(&settings).await;
-    // Crash simulation: the state loses its last run, the sink keeps it.
-    std::fs::remove_dir_all(&dir).unwrap();
-    copy_dir(&saved, &dir);
-    g.day(&mut c, 200, 50).await.unwrap();
-    let replay = db.catch_up(&dir, &settings).await;
-    assert!(replay.transactions > 0);
+    db.catch_up(state.path(), &settings).await;
+    for batch in [1, 2] {
+        g.chaos(&mut c, 40).await.unwrap();
+        let err = db
+            .catch_up_with(
+                state.path(),
+                &settings,
+                Some(Failpoint::AfterSinkCommit(batch)),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, raa::pipeline::PipelineError::Failpoint(_)),
+            "{err}"
+        );
+    }
+    let progress = "SELECT (lsn - '0/0')::bigint FROM raa_progress";
+    let sink_before = db.count(progress).await;
+    let replay = db.catch_up(state.path(), &settings).await;
+    assert!(replay.transactions > 0, "{replay:?}");
+    assert!(db.count(progress).await >= sink_before);
     db.assert_verified(&settings).await;
 }
 
@@ -94,21 +106,42 @@ async fn schema_changes_toast_and_late_dimensions_are_followed() {
     g.dimensions(&c).await.unwrap();
     g.day(&mut c, 500, 100).await.unwrap();
     db.catch_up(state.path(), &settings).await;
-    // Re-order IRF's columns (drop and re-add moves hold_count to the end) and widen the table.
+    // Re-order IRF's columns (hold_count moves to the end, its values carried by row updates) and widen it.
     c.batch_execute(
-        "ALTER TABLE interaction_resource_fact DROP COLUMN hold_count;
-         ALTER TABLE interaction_resource_fact ADD COLUMN hold_count integer;
+        "BEGIN;
+         ALTER TABLE interaction_resource_fact ADD COLUMN hold_count_new integer;
+         UPDATE interaction_resource_fact SET hold_count_new = hold_count;
+         ALTER TABLE interaction_resource_fact DROP COLUMN hold_count;
+         ALTER TABLE interaction_resource_fact RENAME COLUMN hold_count_new TO hold_count;
+         COMMIT;
          ALTER TABLE interaction_resource_fact ADD COLUMN site_note text;
          UPDATE interaction_resource_fact SET hold_count = 1, site_note = 'x' WHERE interaction_resource_id % 3 = 0;",
     )
     .await
     .unwrap();
     // A resource name stored out of line: updating another column sends it as unchanged TOAST.
-    let long: String = (0..6000).map(|i| char::from(b'a' + ((i * 7919) % 26) as u8)).collect();
-    c.execute("ALTER TABLE resource_ ALTER COLUMN resource_name SET STORAGE EXTERNAL", &[]).await.unwrap();
-    c.execute("UPDATE resource_ SET resource_name = $1 WHERE resource_key = 3", &[&long]).await.unwrap();
+    let long: String = (0..6000)
+        .map(|i| char::from(b'a' + ((i * 7919) % 26) as u8))
+        .collect();
+    c.execute(
+        "ALTER TABLE resource_ ALTER COLUMN resource_name SET STORAGE EXTERNAL",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "UPDATE resource_ SET resource_name = $1 WHERE resource_key = 3",
+        &[&long],
+    )
+    .await
+    .unwrap();
     db.catch_up(state.path(), &settings).await;
-    c.execute("UPDATE resource_ SET resource_type = 'Supervisor' WHERE resource_key = 3", &[]).await.unwrap();
+    c.execute(
+        "UPDATE resource_ SET resource_type = 'Supervisor' WHERE resource_key = 3",
+        &[],
+    )
+    .await
+    .unwrap();
     // Facts for a resource that appears only afterwards.
     c.batch_execute(
         "INSERT INTO interaction_resource_fact (interaction_resource_id, tenant_key, resource_key, media_type_key,
@@ -124,9 +157,14 @@ async fn schema_changes_toast_and_late_dimensions_are_followed() {
     let agents_of_3 = db
         .count("SELECT count(*) FROM ag2_agent_day WHERE resource_key = 3")
         .await;
-    assert_eq!(agents_of_3, 0, "a resource that is no longer an agent leaves the agent family");
+    assert_eq!(
+        agents_of_3, 0,
+        "a resource that is no longer an agent leaves the agent family"
+    );
     let new_hire = db
-        .count("SELECT coalesce(sum(invite), 0)::bigint FROM ag2_agent_day WHERE resource_key = 7777")
+        .count(
+            "SELECT coalesce(sum(invite), 0)::bigint FROM ag2_agent_day WHERE resource_key = 7777",
+        )
         .await;
     assert_eq!(new_hire, 2);
 }
@@ -138,10 +176,15 @@ async fn refuses_a_role_without_replication_and_a_slot_past_the_state() {
     db.init(&settings).await;
     let c = db.client().await;
     let role = format!("{}_reader", db.name);
-    c.batch_execute(&format!("CREATE ROLE {role} LOGIN")).await.unwrap();
+    c.batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .await
+        .unwrap();
     let url = db.url.replace("user=postgres", &format!("user={role}"));
     let reader = support::connect(&url).await;
-    let err = raa::source::setup::check_server(&reader).await.unwrap_err().to_string();
+    let err = raa::source::setup::check_server(&reader)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("REPLICATION"), "{err}");
 
     // A state that lost its last run while the slot moved on: refuse, do not skip facts.
@@ -152,7 +195,11 @@ async fn refuses_a_role_without_replication_and_a_slot_past_the_state() {
     g.day(&mut c, 100, 50).await.unwrap();
     db.catch_up(state.path(), &settings).await;
     let other = tempfile::tempdir().unwrap();
-    let err = db.try_catch_up(other.path(), &settings).await.unwrap_err().to_string();
+    let err = db
+        .try_catch_up(other.path(), &settings)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("state was lost"), "{err}");
 }
 
@@ -161,13 +208,21 @@ async fn refuses_a_server_without_logical_decoding() {
     if support::embedded().is_none() {
         return; // needs a cluster of its own with another wal_level
     }
-    let pg = tokio::task::spawn_blocking(|| raa::embedded::EmbeddedPostgres::start_with(&[("wal_level", "replica")]))
-        .await
-        .unwrap()
-        .unwrap();
+    let pg = tokio::task::spawn_blocking(|| {
+        raa::embedded::EmbeddedPostgres::start_with(&[("wal_level", "replica")])
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let c = support::connect(&pg.url("postgres")).await;
-    let err = raa::source::setup::check_server(&c).await.unwrap_err().to_string();
-    assert!(err.contains("wal_level = replica") && err.contains("logical"), "{err}");
+    let err = raa::source::setup::check_server(&c)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("wal_level = replica") && err.contains("logical"),
+        "{err}"
+    );
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

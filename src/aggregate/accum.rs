@@ -36,7 +36,12 @@ impl Accum {
     }
 
     /// Adds (`sign` = 1) or retracts (`sign` = -1) one fact's values.
-    pub fn apply(&mut self, family: &Family, values: &[i64], sign: i64) -> Result<(), RetractError> {
+    pub fn apply(
+        &mut self,
+        family: &Family,
+        values: &[i64],
+        sign: i64,
+    ) -> Result<(), RetractError> {
         self.facts += sign;
         for (i, m) in family.measures.iter().enumerate() {
             let v = values.get(i).copied().unwrap_or(0);
@@ -92,7 +97,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn values(seed: i64) -> Vec<i64> {
-        (0..AGENT.measures.len() as i64).map(|i| (seed * 31 + i * 7) % 50).collect()
+        (0..AGENT.measures.len() as i64)
+            .map(|i| (seed * 31 + i * 7) % 50)
+            .collect()
     }
 
     proptest! {
@@ -120,7 +127,11 @@ mod tests {
 
     #[test]
     fn max_falls_back_when_its_fact_leaves_and_row_vanishes_at_zero() {
-        let max_idx = AGENT.measures.iter().position(|m| m.name == "max_handle_time").unwrap();
+        let max_idx = AGENT
+            .measures
+            .iter()
+            .position(|m| m.name == "max_handle_time")
+            .unwrap();
         let mut a = values(1);
         a[max_idx] = 10;
         let mut b = values(2);

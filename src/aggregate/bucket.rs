@@ -117,10 +117,12 @@ impl Level {
     pub fn sql_bucket(self, ts: &str, tz: &str, subhr_seconds: i64) -> String {
         let local = format!("(to_timestamp({ts}) AT TIME ZONE {tz})");
         match self {
-            Level::Subhr => format!("({ts} - mod(mod({ts}, {subhr_seconds}) + {subhr_seconds}, {subhr_seconds}))"),
-            Level::Hour => format!(
-                "({ts} - mod(mod(extract(epoch FROM {local})::bigint, 3600) + 3600, 3600))"
+            Level::Subhr => format!(
+                "({ts} - mod(mod({ts}, {subhr_seconds}) + {subhr_seconds}, {subhr_seconds}))"
             ),
+            Level::Hour => {
+                format!("({ts} - mod(mod(extract(epoch FROM {local})::bigint, 3600) + 3600, 3600))")
+            }
             Level::Day | Level::Week | Level::Month | Level::Year => format!(
                 "extract(epoch FROM (date_trunc('{}', {local}) AT TIME ZONE {tz}))::bigint",
                 self.name()
@@ -149,15 +151,23 @@ mod tests {
     }
 
     fn b(level: Level, at: &str, zone_name: &str) -> i64 {
-        level.bucket(ts(at), &zone(Some(zone_name)).unwrap(), 900).unwrap()
+        level
+            .bucket(ts(at), &zone(Some(zone_name)).unwrap(), 900)
+            .unwrap()
     }
 
     #[test]
     fn subhr_is_the_utc_grid() {
         let tz = TimeZone::get("Asia/Kolkata").unwrap();
         let t = ts("2026-03-01T10:44:59Z");
-        assert_eq!(Level::Subhr.bucket(t, &tz, 900).unwrap(), ts("2026-03-01T10:30:00Z"));
-        assert_eq!(Level::Subhr.bucket(t, &tz, 1800).unwrap(), ts("2026-03-01T10:30:00Z"));
+        assert_eq!(
+            Level::Subhr.bucket(t, &tz, 900).unwrap(),
+            ts("2026-03-01T10:30:00Z")
+        );
+        assert_eq!(
+            Level::Subhr.bucket(t, &tz, 1800).unwrap(),
+            ts("2026-03-01T10:30:00Z")
+        );
         assert_eq!(Level::Subhr.bucket(-1, &tz, 900).unwrap(), -900);
     }
 
@@ -199,11 +209,26 @@ mod tests {
     fn longer_levels_start_on_local_calendar_boundaries() {
         let z = "Europe/Berlin";
         // 2026-05-14 is a Thursday; the ISO week starts Monday 2026-05-11.
-        assert_eq!(b(Level::Week, "2026-05-14T12:00:00Z", z), ts("2026-05-10T22:00:00Z"));
-        assert_eq!(b(Level::Month, "2026-05-14T12:00:00Z", z), ts("2026-04-30T22:00:00Z"));
-        assert_eq!(b(Level::Qrtr, "2026-05-14T12:00:00Z", z), ts("2026-03-31T22:00:00Z"));
-        assert_eq!(b(Level::Year, "2026-05-14T12:00:00Z", z), ts("2025-12-31T23:00:00Z"));
-        assert_eq!(b(Level::Qrtr, "2026-02-14T12:00:00Z", z), ts("2025-12-31T23:00:00Z"));
+        assert_eq!(
+            b(Level::Week, "2026-05-14T12:00:00Z", z),
+            ts("2026-05-10T22:00:00Z")
+        );
+        assert_eq!(
+            b(Level::Month, "2026-05-14T12:00:00Z", z),
+            ts("2026-04-30T22:00:00Z")
+        );
+        assert_eq!(
+            b(Level::Qrtr, "2026-05-14T12:00:00Z", z),
+            ts("2026-03-31T22:00:00Z")
+        );
+        assert_eq!(
+            b(Level::Year, "2026-05-14T12:00:00Z", z),
+            ts("2025-12-31T23:00:00Z")
+        );
+        assert_eq!(
+            b(Level::Qrtr, "2026-02-14T12:00:00Z", z),
+            ts("2025-12-31T23:00:00Z")
+        );
     }
 
     #[test]

@@ -81,7 +81,10 @@ pub enum AggregateError {
         "the state was built with other aggregation settings ({stored:?}); this run asks for \
          {configured:?}: restore a matching configuration, or rebuild from an empty state directory"
     )]
-    SettingsChanged { stored: Settings, configured: Settings },
+    SettingsChanged {
+        stored: Settings,
+        configured: Settings,
+    },
 }
 
 /// What raa remembers of one fact: its last image and what it contributed.
@@ -139,12 +142,22 @@ impl Engine {
             }
         }
         let mut dims = HashMap::new();
-        for spec in schema::TABLES.iter().filter(|s| Dim::of_table(s.table).is_some()) {
+        for spec in schema::TABLES
+            .iter()
+            .filter(|s| Dim::of_table(s.table).is_some())
+        {
             let prefix = FactKey::table_prefix(spec.table);
             for item in store.scan::<Row>(Space::Dim, &prefix) {
                 let (k, row) = item?;
-                let key = FactKey::decode_key(&k).ok_or(AggregateError::CorruptKey { what: "dimension" })?;
-                dims.insert(DimKey { table: spec.table, key }, row);
+                let key = FactKey::decode_key(&k)
+                    .ok_or(AggregateError::CorruptKey { what: "dimension" })?;
+                dims.insert(
+                    DimKey {
+                        table: spec.table,
+                        key,
+                    },
+                    row,
+                );
             }
         }
         Ok(Engine {
@@ -171,7 +184,11 @@ impl Engine {
     fn apply_change(&mut self, w: &mut Work, change: &Change) -> Result<(), AggregateError> {
         match change {
             Change::Insert { table, new } => self.upsert(w, *table, None, new),
-            Change::Update { table, old_key, new } => self.upsert(w, *table, *old_key, new),
+            Change::Update {
+                table,
+                old_key,
+                new,
+            } => self.upsert(w, *table, *old_key, new),
             Change::Delete { table, key } => self.delete(w, *table, *key),
             Change::Truncate { tables } => {
                 for &table in tables {
@@ -191,7 +208,11 @@ impl Engine {
     ) -> Result<(), AggregateError> {
         let key = match new.0.first() {
             Some(Some(Value::Int(k))) => RowKey(*k),
-            _ => return Err(AggregateError::MissingKey { table: table.name() }),
+            _ => {
+                return Err(AggregateError::MissingKey {
+                    table: table.name(),
+                })
+            }
         };
         if let Some(old) = old_key.filter(|&o| o != key) {
             self.delete(w, table, old)?;
@@ -232,7 +253,12 @@ impl Engine {
     /// TRUNCATE: every row of the table goes, with what it contributed.
     fn truncate(&mut self, w: &mut Work, table: Table) -> Result<(), AggregateError> {
         if Dim::of_table(table).is_some() {
-            let keys: Vec<RowKey> = self.dims.keys().filter(|d| d.table == table).map(|d| d.key).collect();
+            let keys: Vec<RowKey> = self
+                .dims
+                .keys()
+                .filter(|d| d.table == table)
+                .map(|d| d.key)
+                .collect();
             for key in keys {
                 self.delete(w, table, key)?;
             }
@@ -240,12 +266,17 @@ impl Engine {
         }
         let prefix = FactKey::table_prefix(table);
         let mut keys = Vec::new();
-        for item in self.store.scan::<serde::de::IgnoredAny>(Space::Fact, &prefix) {
-            let (k, _) = item?;
+        for item in self.store.scan_keys(Space::Fact, &prefix) {
+            let k = item?;
             let key = FactKey::decode_key(&k).ok_or(AggregateError::CorruptKey { what: "fact" })?;
             keys.push(FactKey { table, key });
         }
-        keys.extend(w.facts.iter().filter(|(k, v)| k.table == table && v.is_some()).map(|(k, _)| *k));
+        keys.extend(
+            w.facts
+                .iter()
+                .filter(|(k, v)| k.table == table && v.is_some())
+                .map(|(k, _)| *k),
+        );
         keys.sort();
         keys.dedup();
         for fk in keys {
@@ -256,7 +287,12 @@ impl Engine {
 
     /// Sets (or deletes) a dimension row and re-derives the facts that
     /// reference it, when a column the families read has changed.
-    fn set_dim(&mut self, w: &mut Work, dk: DimKey, row: Option<Row>) -> Result<(), AggregateError> {
+    fn set_dim(
+        &mut self,
+        w: &mut Work,
+        dk: DimKey,
+        row: Option<Row>,
+    ) -> Result<(), AggregateError> {
         let prior = match &row {
             Some(r) => self.dims.insert(dk, r.clone()),
             None => self.dims.remove(&dk),
@@ -283,7 +319,9 @@ impl Engine {
         let mut out = Vec::new();
         for item in self.store.scan::<()>(Space::Index, &prefix) {
             let (k, ()) = item?;
-            out.push(IndexKey::decode_fact(&k).ok_or(AggregateError::CorruptKey { what: "index" })?);
+            out.push(
+                IndexKey::decode_fact(&k).ok_or(AggregateError::CorruptKey { what: "index" })?,
+            );
         }
         let lo = IndexKey {
             dim: dk,
@@ -317,7 +355,9 @@ impl Engine {
     fn set_index(&self, w: &mut Work, fk: FactKey, old: Option<&Row>, new: Option<&Row>) {
         let spec = fk.table.spec();
         for dim in index_dims(fk.table) {
-            let Some(slot) = dim.fk_slot(spec) else { continue };
+            let Some(slot) = dim.fk_slot(spec) else {
+                continue;
+            };
             let before = old.and_then(|r| r.int(slot));
             let after = new.and_then(|r| r.int(slot));
             if before == after {
@@ -343,7 +383,11 @@ impl Engine {
     fn contribute(&mut self, fk: FactKey, row: &Row) -> Result<Vec<Contribution>, AggregateError> {
         let spec = fk.table.spec();
         let mut out = Vec::new();
-        for (idx, family) in FAMILIES.iter().enumerate().filter(|(_, f)| f.source == fk.table) {
+        for (idx, family) in FAMILIES
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.source == fk.table)
+        {
             let lookup = |dim: Dim| {
                 let k = row.int(dim.fk_slot(spec)?)?;
                 self.dims.get(&DimKey {
@@ -359,8 +403,13 @@ impl Engine {
             if !family.includes(row, &dims) {
                 continue;
             }
-            let Some(ts) = family.timestamp(row) else { continue };
-            let zone_name = dims.tenant.and_then(|t| t.get(schema::tenant::TIME_ZONE).as_text()).map(str::to_owned);
+            let Some(ts) = family.timestamp(row) else {
+                continue;
+            };
+            let zone_name = dims
+                .tenant
+                .and_then(|t| t.get(schema::tenant::TIME_ZONE).as_text())
+                .map(str::to_owned);
             let values = family.values(row, &dims, &self.settings.params);
             let group = family.group(row);
             let tz = self.zone(zone_name.as_deref());
@@ -388,7 +437,9 @@ impl Engine {
     /// The tenant's zone; an unknown zone name is read as UTC (and logged once),
     /// as `verify`'s SQL does.
     fn zone(&mut self, name: Option<&str>) -> TimeZone {
-        let Some(name) = name else { return TimeZone::UTC };
+        let Some(name) = name else {
+            return TimeZone::UTC;
+        };
         if let Some(tz) = self.zones.get(name) {
             return tz.clone();
         }
@@ -400,11 +451,21 @@ impl Engine {
         tz
     }
 
-    fn add(&self, w: &mut Work, fk: FactKey, contribs: &[Contribution]) -> Result<(), AggregateError> {
+    fn add(
+        &self,
+        w: &mut Work,
+        fk: FactKey,
+        contribs: &[Contribution],
+    ) -> Result<(), AggregateError> {
         self.apply_contribs(w, fk, contribs, 1)
     }
 
-    fn retract(&self, w: &mut Work, fk: FactKey, contribs: &[Contribution]) -> Result<(), AggregateError> {
+    fn retract(
+        &self,
+        w: &mut Work,
+        fk: FactKey,
+        contribs: &[Contribution],
+    ) -> Result<(), AggregateError> {
         self.apply_contribs(w, fk, contribs, -1)
     }
 
@@ -431,20 +492,32 @@ impl Engine {
     }
 
     fn accum_keys<'c>(&'c self, c: &'c Contribution) -> impl Iterator<Item = AccumKey> + 'c {
-        self.settings.levels.iter().zip(&c.buckets).map(|(&level, &bucket)| AccumKey {
-            family: c.family,
-            level,
-            bucket,
-            group: c.group.clone(),
-        })
+        self.settings
+            .levels
+            .iter()
+            .zip(&c.buckets)
+            .map(|(&level, &bucket)| AccumKey {
+                family: c.family,
+                level,
+                bucket,
+                group: c.group.clone(),
+            })
     }
 
-    fn accum<'w>(&self, w: &'w mut Work, key: AccumKey, family: &Family) -> Result<&'w mut Accum, AggregateError> {
+    fn accum<'w>(
+        &self,
+        w: &'w mut Work,
+        key: AccumKey,
+        family: &Family,
+    ) -> Result<&'w mut Accum, AggregateError> {
         use std::collections::hash_map::Entry;
         match w.accums.entry(key) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
-                let acc = self.store.get(e.key())?.unwrap_or_else(|| Accum::new(family));
+                let acc = self
+                    .store
+                    .get(e.key())?
+                    .unwrap_or_else(|| Accum::new(family));
                 Ok(e.insert(acc))
             }
         }
@@ -510,7 +583,12 @@ fn index_dims(table: Table) -> Vec<Dim> {
 }
 
 /// Fills unchanged-TOAST slots from the row's last image, or refuses.
-fn resolve(table: Table, key: RowKey, new: &Tuple, prior: Option<&Row>) -> Result<Row, AggregateError> {
+fn resolve(
+    table: Table,
+    key: RowKey,
+    new: &Tuple,
+    prior: Option<&Row>,
+) -> Result<Row, AggregateError> {
     let spec = table.spec();
     new.0
         .iter()

@@ -240,15 +240,24 @@ impl Family {
         let mut cols = vec!["    date_time_key bigint NOT NULL".to_owned()];
         cols.extend(self.group_columns().map(|c| format!("    {c} integer")));
         for m in self.measures {
-            let null = if matches!(m.agg, Agg::Max(_)) { "" } else { " NOT NULL" };
+            let null = if matches!(m.agg, Agg::Max(_)) {
+                ""
+            } else {
+                " NOT NULL"
+            };
             cols.push(format!("    {} bigint{null}", m.name));
         }
-        let key: Vec<&str> = std::iter::once("date_time_key").chain(self.group_columns()).collect();
+        let key: Vec<&str> = std::iter::once("date_time_key")
+            .chain(self.group_columns())
+            .collect();
         cols.push(format!(
             "    CONSTRAINT {table}_key UNIQUE NULLS NOT DISTINCT ({})",
             key.join(", ")
         ));
-        format!("CREATE TABLE IF NOT EXISTS {table} (\n{}\n);\n", cols.join(",\n"))
+        format!(
+            "CREATE TABLE IF NOT EXISTS {table} (\n{}\n);\n",
+            cols.join(",\n")
+        )
     }
 
     /// The reference query: the family at `level` recomputed from the facts,
@@ -260,7 +269,10 @@ impl Family {
         };
         let tz = "(CASE WHEN tn.time_zone IN (SELECT name FROM pg_timezone_names) \
                   THEN tn.time_zone ELSE 'UTC' END)";
-        let mut select = vec![format!("{} AS date_time_key", level.sql_bucket(&ts, tz, subhr_seconds))];
+        let mut select = vec![format!(
+            "{} AS date_time_key",
+            level.sql_bucket(&ts, tz, subhr_seconds)
+        )];
         select.extend(self.group_columns().map(|c| format!("f.{c}")));
         for m in self.measures {
             let expr = match m.agg {
@@ -285,7 +297,9 @@ impl Family {
                 dim.alias()
             ));
         }
-        let group: Vec<String> = (1..=1 + self.group_by.len()).map(|i| i.to_string()).collect();
+        let group: Vec<String> = (1..=1 + self.group_by.len())
+            .map(|i| i.to_string())
+            .collect();
         format!(
             "SELECT {}\nFROM {from}\nWHERE {ts} IS NOT NULL AND {}\nGROUP BY {}",
             select.join(",\n       "),
@@ -348,7 +362,10 @@ impl Pred {
                 format!("f.{} {op} {rhs}", spec.columns[slot].name)
             }
             Pred::DimIn(dim, slot, values) => {
-                let list: Vec<String> = values.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect();
+                let list: Vec<String> = values
+                    .iter()
+                    .map(|v| format!("'{}'", v.replace('\'', "''")))
+                    .collect();
                 format!(
                     "{}.{} IN ({})",
                     dim.alias(),

@@ -150,7 +150,9 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let rest = &self.buf[self.pos.min(self.buf.len())..];
         if rest.len() < n {
-            return Err(self.err(DecodeErrorKind::Truncated { needed: n - rest.len() }));
+            return Err(self.err(DecodeErrorKind::Truncated {
+                needed: n - rest.len(),
+            }));
         }
         self.pos += n;
         Ok(&rest[..n])
@@ -205,7 +207,8 @@ impl<'a> Reader<'a> {
 
     fn tuple(&mut self) -> Result<TupleData<'a>, DecodeError> {
         let n = self.i16()?;
-        let n = usize::try_from(n).map_err(|_| self.err(DecodeErrorKind::NegativeLength(i32::from(n))))?;
+        let n = usize::try_from(n)
+            .map_err(|_| self.err(DecodeErrorKind::NegativeLength(i32::from(n))))?;
         let mut cols = Vec::with_capacity(n.min(1600));
         for _ in 0..n {
             let kind = self.u8()?;
@@ -243,7 +246,11 @@ impl<'a> Reader<'a> {
 
     fn old_tuple(&mut self, marker: u8) -> Result<OldTuple<'a>, DecodeError> {
         let t = self.tuple()?;
-        Ok(if marker == b'K' { OldTuple::Key(t) } else { OldTuple::Full(t) })
+        Ok(if marker == b'K' {
+            OldTuple::Key(t)
+        } else {
+            OldTuple::Full(t)
+        })
     }
 }
 
@@ -283,7 +290,8 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
             let name = r.cstr()?;
             let replica_identity = r.u8()?;
             let n = r.i16()?;
-            let n = usize::try_from(n).map_err(|_| r.err(DecodeErrorKind::NegativeLength(i32::from(n))))?;
+            let n = usize::try_from(n)
+                .map_err(|_| r.err(DecodeErrorKind::NegativeLength(i32::from(n))))?;
             let mut columns = Vec::with_capacity(n.min(1600));
             for _ in 0..n {
                 columns.push(ColumnDef {
@@ -346,7 +354,10 @@ pub fn decode(buf: &[u8]) -> Result<Message<'_>, DecodeError> {
             for _ in 0..n {
                 relation_ids.push(r.u32()?);
             }
-            Message::Truncate { options, relation_ids }
+            Message::Truncate {
+                options,
+                relation_ids,
+            }
         }
         b'M' => {
             let flags = r.u8()?;
@@ -385,7 +396,11 @@ pub mod encode {
                 Datum::Null => out.push(b'n'),
                 Datum::Unchanged => out.push(b'u'),
                 Datum::Text(b) | Datum::Binary(b) => {
-                    out.push(if matches!(d, Datum::Text(_)) { b't' } else { b'b' });
+                    out.push(if matches!(d, Datum::Text(_)) {
+                        b't'
+                    } else {
+                        b'b'
+                    });
                     out.extend_from_slice(&(b.len() as i32).to_be_bytes());
                     out.extend_from_slice(b);
                 }
@@ -394,14 +409,22 @@ pub mod encode {
     }
 
     fn old(out: &mut Vec<u8>, o: &OldTuple<'_>) {
-        out.push(if matches!(o, OldTuple::Key(_)) { b'K' } else { b'O' });
+        out.push(if matches!(o, OldTuple::Key(_)) {
+            b'K'
+        } else {
+            b'O'
+        });
         tuple(out, o.data());
     }
 
     pub fn message(m: &Message<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         match m {
-            Message::Begin { final_lsn, commit_ts, xid } => {
+            Message::Begin {
+                final_lsn,
+                commit_ts,
+                xid,
+            } => {
                 out.push(b'B');
                 out.extend_from_slice(&final_lsn.0.to_be_bytes());
                 out.extend_from_slice(&commit_ts.to_be_bytes());
@@ -438,7 +461,11 @@ pub mod encode {
                     out.extend_from_slice(&c.type_modifier.to_be_bytes());
                 }
             }
-            Message::Type { id, namespace, name } => {
+            Message::Type {
+                id,
+                namespace,
+                name,
+            } => {
                 out.push(b'Y');
                 out.extend_from_slice(&id.to_be_bytes());
                 cstr(&mut out, namespace);
@@ -450,7 +477,11 @@ pub mod encode {
                 out.push(b'N');
                 tuple(&mut out, new);
             }
-            Message::Update { relation_id, old: o, new } => {
+            Message::Update {
+                relation_id,
+                old: o,
+                new,
+            } => {
                 out.push(b'U');
                 out.extend_from_slice(&relation_id.to_be_bytes());
                 if let Some(o) = o {
@@ -459,12 +490,18 @@ pub mod encode {
                 out.push(b'N');
                 tuple(&mut out, new);
             }
-            Message::Delete { relation_id, old: o } => {
+            Message::Delete {
+                relation_id,
+                old: o,
+            } => {
                 out.push(b'D');
                 out.extend_from_slice(&relation_id.to_be_bytes());
                 old(&mut out, o);
             }
-            Message::Truncate { options, relation_ids } => {
+            Message::Truncate {
+                options,
+                relation_ids,
+            } => {
                 out.push(b'T');
                 out.extend_from_slice(&(relation_ids.len() as i32).to_be_bytes());
                 out.push(*options);
@@ -645,9 +682,15 @@ mod tests {
         let err = decode(b"I\x00\x00\x00\x01N\x00\x01t\xff\xff\xff\xff").unwrap_err();
         assert_eq!(err.kind, DecodeErrorKind::NegativeLength(-1));
         // A string without a terminator.
-        assert_eq!(decode(b"Y\x00\x00\x00\x01public").unwrap_err().kind, DecodeErrorKind::Unterminated);
+        assert_eq!(
+            decode(b"Y\x00\x00\x00\x01public").unwrap_err().kind,
+            DecodeErrorKind::Unterminated
+        );
         // A delete without an old tuple marker.
         let err = decode(b"D\x00\x00\x00\x01N\x00\x00").unwrap_err();
-        assert!(matches!(err.kind, DecodeErrorKind::Marker { found: 'N', .. }), "{err}");
+        assert!(
+            matches!(err.kind, DecodeErrorKind::Marker { found: 'N', .. }),
+            "{err}"
+        );
     }
 }

@@ -38,18 +38,30 @@ pub enum MapError {
         value: String,
     },
     #[error("{table}.{column}: value is not valid UTF-8")]
-    BadText { table: &'static str, column: &'static str },
+    BadText {
+        table: &'static str,
+        column: &'static str,
+    },
     #[error("{table}.{column}: binary-format value; raa asks for text format")]
-    Binary { table: &'static str, column: &'static str },
+    Binary {
+        table: &'static str,
+        column: &'static str,
+    },
     #[error("{table}: primary key {column} is NULL or unchanged-TOAST in a key tuple")]
-    NoKey { table: &'static str, column: &'static str },
+    NoKey {
+        table: &'static str,
+        column: &'static str,
+    },
 }
 
 enum Mapping {
     /// A table raa does not read.
     Ignored,
     /// `slots[position]` is the spec slot of relation column `position`, if used.
-    Bound { spec: &'static TableSpec, slots: Vec<Option<usize>> },
+    Bound {
+        spec: &'static TableSpec,
+        slots: Vec<Option<usize>>,
+    },
 }
 
 /// Every relation announced on the stream.
@@ -68,15 +80,13 @@ impl Relations {
         let spec = table.spec();
         let mut slots = vec![None; rel.columns.len()];
         for (slot, col) in spec.columns.iter().enumerate() {
-            let pos = rel
-                .columns
-                .iter()
-                .position(|c| c.name == col.name)
-                .ok_or(MapError::MissingColumn {
+            let pos = rel.columns.iter().position(|c| c.name == col.name).ok_or(
+                MapError::MissingColumn {
                     table: spec.name,
                     relation_id: rel.id,
                     column: col.name,
-                })?;
+                },
+            )?;
             let oid = rel.columns[pos].type_oid;
             let ok = match col.kind {
                 Kind::Int => [INT2, INT4, INT8].contains(&oid),
@@ -100,7 +110,9 @@ impl Relations {
     }
 
     fn mapping(&self, relation_id: u32) -> Result<&Mapping, MapError> {
-        self.by_id.get(&relation_id).ok_or(MapError::UnknownRelation(relation_id))
+        self.by_id
+            .get(&relation_id)
+            .ok_or(MapError::UnknownRelation(relation_id))
     }
 
     /// The table a relation id stands for; `None` for a table raa does not read.
@@ -112,7 +124,11 @@ impl Relations {
     }
 
     /// Maps a new-row tuple onto slots; `None` for a table raa does not read.
-    pub fn tuple(&self, relation_id: u32, data: &TupleData<'_>) -> Result<Option<(Table, Tuple)>, MapError> {
+    pub fn tuple(
+        &self,
+        relation_id: u32,
+        data: &TupleData<'_>,
+    ) -> Result<Option<(Table, Tuple)>, MapError> {
         let Mapping::Bound { spec, slots } = self.mapping(relation_id)? else {
             return Ok(None);
         };
@@ -135,7 +151,11 @@ impl Relations {
     }
 
     /// The primary key of a key (or full old) tuple; `None` for a table raa does not read.
-    pub fn key(&self, relation_id: u32, data: &TupleData<'_>) -> Result<Option<(Table, RowKey)>, MapError> {
+    pub fn key(
+        &self,
+        relation_id: u32,
+        data: &TupleData<'_>,
+    ) -> Result<Option<(Table, RowKey)>, MapError> {
         let Some((table, tuple)) = self.tuple(relation_id, data)? else {
             return Ok(None);
         };
@@ -157,11 +177,14 @@ fn parse(spec: &'static TableSpec, slot: usize, bytes: &[u8]) -> Result<Value, M
     })?;
     match spec.columns[slot].kind {
         Kind::Text => Ok(Value::Text(text.to_owned())),
-        Kind::Int => text.parse::<i64>().map(Value::Int).map_err(|_| MapError::BadInt {
-            table: spec.name,
-            column,
-            value: text.chars().take(40).collect(),
-        }),
+        Kind::Int => text
+            .parse::<i64>()
+            .map(Value::Int)
+            .map_err(|_| MapError::BadInt {
+                table: spec.name,
+                column,
+                value: text.chars().take(40).collect(),
+            }),
     }
 }
 
@@ -210,29 +233,63 @@ mod tests {
         assert_eq!(table, Table::Tenant);
         assert_eq!(
             tuple,
-            Tuple(vec![Some(Value::Int(2)), None, Some(Value::Text("Asia/Kolkata".into()))])
+            Tuple(vec![
+                Some(Value::Int(2)),
+                None,
+                Some(Value::Text("Asia/Kolkata".into()))
+            ])
         );
-        assert_eq!(rels.key(7, &data).unwrap(), Some((Table::Tenant, RowKey(2))));
+        assert_eq!(
+            rels.key(7, &data).unwrap(),
+            Some((Table::Tenant, RowKey(2)))
+        );
     }
 
     #[test]
     fn refuses_missing_and_mistyped_columns_and_bad_values() {
         let mut rels = Relations::default();
-        let err = rels.on_relation(&tenant_rel(vec![col("tenant_key", 23)])).unwrap_err();
+        let err = rels
+            .on_relation(&tenant_rel(vec![col("tenant_key", 23)]))
+            .unwrap_err();
         assert!(err.to_string().contains("no column tenant_name"), "{err}");
         let err = rels
-            .on_relation(&tenant_rel(vec![col("tenant_key", 1700), col("tenant_name", 25), col("time_zone", 25)]))
+            .on_relation(&tenant_rel(vec![
+                col("tenant_key", 1700),
+                col("tenant_name", 25),
+                col("time_zone", 25),
+            ]))
             .unwrap_err();
-        assert!(matches!(err, MapError::ColumnType { column: "tenant_key", .. }), "{err}");
-        rels.on_relation(&tenant_rel(vec![col("tenant_key", 20), col("tenant_name", 25), col("time_zone", 25)]))
-            .unwrap();
+        assert!(
+            matches!(
+                err,
+                MapError::ColumnType {
+                    column: "tenant_key",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        rels.on_relation(&tenant_rel(vec![
+            col("tenant_key", 20),
+            col("tenant_name", 25),
+            col("time_zone", 25),
+        ]))
+        .unwrap();
         let err = rels
-            .tuple(7, &TupleData(vec![Datum::Text(b"1x"), Datum::Null, Datum::Null]))
+            .tuple(
+                7,
+                &TupleData(vec![Datum::Text(b"1x"), Datum::Null, Datum::Null]),
+            )
             .unwrap_err();
         assert!(err.to_string().contains("tenant.tenant_key"), "{err}");
-        let err = rels.key(7, &TupleData(vec![Datum::Null, Datum::Null, Datum::Null])).unwrap_err();
+        let err = rels
+            .key(7, &TupleData(vec![Datum::Null, Datum::Null, Datum::Null]))
+            .unwrap_err();
         assert!(matches!(err, MapError::NoKey { .. }), "{err}");
-        assert!(matches!(rels.tuple(8, &TupleData(vec![])), Err(MapError::UnknownRelation(8))));
+        assert!(matches!(
+            rels.tuple(8, &TupleData(vec![])),
+            Err(MapError::UnknownRelation(8))
+        ));
         assert_eq!(TENANT.columns.len(), 3);
     }
 
@@ -247,7 +304,10 @@ mod tests {
             columns: vec![col("id", 23)],
         };
         rels.on_relation(&rel).unwrap();
-        assert_eq!(rels.tuple(9, &TupleData(vec![Datum::Text(b"1")])).unwrap(), None);
+        assert_eq!(
+            rels.tuple(9, &TupleData(vec![Datum::Text(b"1")])).unwrap(),
+            None
+        );
         assert_eq!(rels.table(9).unwrap(), None);
     }
 }

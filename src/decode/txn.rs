@@ -48,9 +48,17 @@ impl TxnAssembler {
         self.open.is_some()
     }
 
-    pub fn begin(&mut self, final_lsn: Lsn, xid: u32, _commit_ts_pg: i64) -> Result<(), FramingError> {
+    pub fn begin(
+        &mut self,
+        final_lsn: Lsn,
+        xid: u32,
+        _commit_ts_pg: i64,
+    ) -> Result<(), FramingError> {
         if let Some(open) = &self.open {
-            return Err(FramingError::NestedBegin { xid, open: open.xid });
+            return Err(FramingError::NestedBegin {
+                xid,
+                open: open.xid,
+            });
         }
         self.open = Some(Open {
             xid,
@@ -60,8 +68,16 @@ impl TxnAssembler {
         Ok(())
     }
 
-    pub fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn, commit_ts_pg: i64) -> Result<Transaction, FramingError> {
-        let open = self.open.take().ok_or(FramingError::CommitWithoutBegin { commit_lsn })?;
+    pub fn commit(
+        &mut self,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_ts_pg: i64,
+    ) -> Result<Transaction, FramingError> {
+        let open = self
+            .open
+            .take()
+            .ok_or(FramingError::CommitWithoutBegin { commit_lsn })?;
         if open.final_lsn != commit_lsn {
             return Err(FramingError::CommitMismatch {
                 commit_lsn,
@@ -106,20 +122,35 @@ impl TxnAssembler {
             }
             Message::Origin { .. } => self.open_txn("Origin").map(|_| None),
             Message::Insert { relation_id, new } => {
-                let mapped = self.relations.tuple(*relation_id, new).map_err(|e| self.map_err(e))?;
+                let mapped = self
+                    .relations
+                    .tuple(*relation_id, new)
+                    .map_err(|e| self.map_err(e))?;
                 if let Some((table, new)) = mapped {
-                    self.open_txn("Insert")?.changes.push(Change::Insert { table, new });
+                    self.open_txn("Insert")?
+                        .changes
+                        .push(Change::Insert { table, new });
                 } else {
                     self.open_txn("Insert")?;
                 }
                 Ok(None)
             }
-            Message::Update { relation_id, old, new } => {
+            Message::Update {
+                relation_id,
+                old,
+                new,
+            } => {
                 let old_key = match old {
-                    Some(o) => self.relations.key(*relation_id, o.data()).map_err(|e| self.map_err(e))?,
+                    Some(o) => self
+                        .relations
+                        .key(*relation_id, o.data())
+                        .map_err(|e| self.map_err(e))?,
                     None => None,
                 };
-                let mapped = self.relations.tuple(*relation_id, new).map_err(|e| self.map_err(e))?;
+                let mapped = self
+                    .relations
+                    .tuple(*relation_id, new)
+                    .map_err(|e| self.map_err(e))?;
                 let open = self.open_txn("Update")?;
                 if let Some((table, new)) = mapped {
                     open.changes.push(Change::Update {
@@ -134,7 +165,10 @@ impl TxnAssembler {
                 let data = match old {
                     OldTuple::Key(t) | OldTuple::Full(t) => t,
                 };
-                let key = self.relations.key(*relation_id, data).map_err(|e| self.map_err(e))?;
+                let key = self
+                    .relations
+                    .key(*relation_id, data)
+                    .map_err(|e| self.map_err(e))?;
                 let open = self.open_txn("Delete")?;
                 if let Some((table, key)) = key {
                     open.changes.push(Change::Delete { table, key });
@@ -158,12 +192,21 @@ impl TxnAssembler {
     }
 
     fn open_txn(&mut self, what: &'static str) -> Result<&mut Open, FramingError> {
-        self.open.as_mut().ok_or(FramingError::OutsideTransaction { what })
+        self.open
+            .as_mut()
+            .ok_or(FramingError::OutsideTransaction { what })
     }
 
     fn map_err(&self, source: MapError) -> FramingError {
-        let (xid, final_lsn) = self.open.as_ref().map_or((0, Lsn::ZERO), |o| (o.xid, o.final_lsn));
-        FramingError::Map { xid, final_lsn, source }
+        let (xid, final_lsn) = self
+            .open
+            .as_ref()
+            .map_or((0, Lsn::ZERO), |o| (o.xid, o.final_lsn));
+        FramingError::Map {
+            xid,
+            final_lsn,
+            source,
+        }
     }
 }
 
@@ -171,8 +214,8 @@ impl TxnAssembler {
 mod tests {
     use super::*;
     use crate::decode::pgoutput::{ColumnDef, Datum, RelationBody, TupleData};
-    use crate::schema::{RowKey, Table, Value};
     use crate::decode::Tuple;
+    use crate::schema::{RowKey, Table, Value};
 
     fn rel<'a>(id: u32, name: &'a str, cols: &'a [(&'a str, u32)]) -> Message<'a> {
         Message::Relation(RelationBody {
@@ -192,7 +235,8 @@ mod tests {
         })
     }
 
-    const TENANT_COLS: &[(&str, u32)] = &[("tenant_key", 23), ("tenant_name", 25), ("time_zone", 25)];
+    const TENANT_COLS: &[(&str, u32)] =
+        &[("tenant_key", 23), ("tenant_name", 25), ("time_zone", 25)];
 
     fn begin(lsn: u64, xid: u32) -> Message<'static> {
         Message::Begin {
@@ -230,7 +274,11 @@ mod tests {
         .unwrap();
         a.push(&Message::Update {
             relation_id: 1,
-            old: Some(OldTuple::Key(TupleData(vec![Datum::Text(b"3"), Datum::Null, Datum::Null]))),
+            old: Some(OldTuple::Key(TupleData(vec![
+                Datum::Text(b"3"),
+                Datum::Null,
+                Datum::Null,
+            ]))),
             new: TupleData(vec![Datum::Text(b"4"), Datum::Unchanged, Datum::Null]),
         })
         .unwrap();
@@ -253,7 +301,11 @@ mod tests {
             vec![
                 Change::Insert {
                     table: Table::Tenant,
-                    new: Tuple(vec![Some(Value::Int(3)), Some(Value::Text("x".into())), Some(Value::Null)]),
+                    new: Tuple(vec![
+                        Some(Value::Int(3)),
+                        Some(Value::Text("x".into())),
+                        Some(Value::Null)
+                    ]),
                 },
                 Change::Update {
                     table: Table::Tenant,
@@ -280,11 +332,23 @@ mod tests {
             relation_id: 1,
             new: TupleData(vec![Datum::Text(b"3"), Datum::Null, Datum::Null]),
         };
-        assert!(matches!(a.push(&insert), Err(FramingError::OutsideTransaction { .. })));
-        assert!(matches!(a.push(&commit(5)), Err(FramingError::CommitWithoutBegin { .. })));
+        assert!(matches!(
+            a.push(&insert),
+            Err(FramingError::OutsideTransaction { .. })
+        ));
+        assert!(matches!(
+            a.push(&commit(5)),
+            Err(FramingError::CommitWithoutBegin { .. })
+        ));
         a.push(&begin(10, 1)).unwrap();
-        assert!(matches!(a.push(&begin(20, 2)), Err(FramingError::NestedBegin { .. })));
-        assert!(matches!(a.push(&commit(11)), Err(FramingError::CommitMismatch { .. })));
+        assert!(matches!(
+            a.push(&begin(20, 2)),
+            Err(FramingError::NestedBegin { .. })
+        ));
+        assert!(matches!(
+            a.push(&commit(11)),
+            Err(FramingError::CommitMismatch { .. })
+        ));
         let unknown = Message::Insert {
             relation_id: 42,
             new: TupleData(vec![]),

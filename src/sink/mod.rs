@@ -32,7 +32,11 @@ pub enum SinkError {
         "progress of slot {slot} is already at {recorded}, past this batch's {lsn}: \
          is another raa writing for the same slot?"
     )]
-    ProgressRegressed { slot: String, recorded: Lsn, lsn: Lsn },
+    ProgressRegressed {
+        slot: String,
+        recorded: Lsn,
+        lsn: Lsn,
+    },
     #[error("progress of slot {slot} holds an unreadable LSN {text:?}")]
     BadProgress { slot: String, text: String },
 }

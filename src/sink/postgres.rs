@@ -87,10 +87,17 @@ impl PgSink {
 }
 
 fn upsert_sql(family: &Family, table: &str) -> String {
-    let key: Vec<&str> = std::iter::once("date_time_key").chain(family.group_columns()).collect();
+    let key: Vec<&str> = std::iter::once("date_time_key")
+        .chain(family.group_columns())
+        .collect();
     let measures: Vec<&str> = family.measures.iter().map(|m| m.name).collect();
-    let unnest: Vec<String> = (1..=key.len() + measures.len()).map(|i| format!("${i}::int8[]")).collect();
-    let set: Vec<String> = measures.iter().map(|m| format!("{m} = EXCLUDED.{m}")).collect();
+    let unnest: Vec<String> = (1..=key.len() + measures.len())
+        .map(|i| format!("${i}::int8[]"))
+        .collect();
+    let set: Vec<String> = measures
+        .iter()
+        .map(|m| format!("{m} = EXCLUDED.{m}"))
+        .collect();
     format!(
         "INSERT INTO {table} ({}, {}) SELECT * FROM unnest({}) ON CONFLICT ({}) DO UPDATE SET {}",
         key.join(", "),
@@ -102,10 +109,16 @@ fn upsert_sql(family: &Family, table: &str) -> String {
 }
 
 fn delete_sql(family: &Family, table: &str) -> String {
-    let key: Vec<&str> = std::iter::once("date_time_key").chain(family.group_columns()).collect();
+    let key: Vec<&str> = std::iter::once("date_time_key")
+        .chain(family.group_columns())
+        .collect();
     let unnest: Vec<String> = (1..=key.len()).map(|i| format!("${i}::int8[]")).collect();
     let mut cond = vec!["t.date_time_key = d.date_time_key".to_owned()];
-    cond.extend(family.group_columns().map(|c| format!("t.{c} IS NOT DISTINCT FROM d.{c}")));
+    cond.extend(
+        family
+            .group_columns()
+            .map(|c| format!("t.{c} IS NOT DISTINCT FROM d.{c}")),
+    );
     format!(
         "DELETE FROM {table} t USING unnest({}) AS d({}) WHERE {}",
         unnest.join(", "),
@@ -126,7 +139,14 @@ impl Columns {
         Columns {
             buckets: Vec::new(),
             groups: vec![Vec::new(); family.group_by.len()],
-            measures: vec![Vec::new(); if with_measures { family.measures.len() } else { 0 }],
+            measures: vec![
+                Vec::new();
+                if with_measures {
+                    family.measures.len()
+                } else {
+                    0
+                }
+            ],
         }
     }
 
@@ -162,7 +182,11 @@ impl Sink for PgSink {
             let (up, del) = by_table
                 .entry((row.family, row.level))
                 .or_insert_with(|| (Columns::new(family, true), Columns::new(family, false)));
-            if row.values.is_some() { up.push(row) } else { del.push(row) }
+            if row.values.is_some() {
+                up.push(row)
+            } else {
+                del.push(row)
+            }
         }
         let tx = self.client.transaction().await.map_err(sql_err("begin"))?;
         for ((family, level), (up, del)) in &by_table {
@@ -203,7 +227,10 @@ pub async fn read_progress(
     slot: &str,
 ) -> Result<Option<Lsn>, SinkError> {
     let row = client
-        .query_opt("SELECT lsn::text FROM raa_progress WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT lsn::text FROM raa_progress WHERE slot_name = $1",
+            &[&slot],
+        )
         .await
         .map_err(sql_err("read progress"))?;
     let Some(row) = row else { return Ok(None) };

@@ -58,7 +58,9 @@ impl SourceConfig {
         for name in [slot, publication] {
             let ok = !name.is_empty()
                 && name.len() <= 63
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !ok {
                 return Err(ConfigError::BadName(name.to_owned()));
             }
@@ -98,7 +100,10 @@ impl SourceConfig {
             host,
             self.pg.get_user().unwrap_or("postgres"),
             password,
-            self.pg.get_dbname().or(self.pg.get_user()).unwrap_or("postgres"),
+            self.pg
+                .get_dbname()
+                .or(self.pg.get_user())
+                .unwrap_or("postgres"),
             self.slot.clone(),
             self.publication.clone(),
         )

@@ -23,7 +23,9 @@ pub enum SetupError {
          (or connect as a role that has it)"
     )]
     NoReplication(String),
-    #[error("table {0} does not exist in the source database: raa reads it (see sql/infomart.sql)")]
+    #[error(
+        "table {0} does not exist in the source database: raa reads it (see sql/infomart.sql)"
+    )]
     MissingTable(&'static str),
     #[error("replication slot {slot} uses plugin {plugin}; raa needs a pgoutput slot: drop it or pick another --slot")]
     WrongPlugin { slot: String, plugin: String },
@@ -90,16 +92,29 @@ pub async fn check_server(client: &Client) -> Result<(), SetupError> {
 }
 
 /// Creates the publication (or adds tables missing from it) and the slot.
-pub async fn create_objects(client: &Client, slot: &str, publication: &str) -> Result<(), SetupError> {
+pub async fn create_objects(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+) -> Result<(), SetupError> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .map_err(sql("looking up the publication"))?
         .is_some();
     let names: Vec<&str> = TABLES.iter().map(|s| s.name).collect();
     if !exists {
-        let stmt = format!("CREATE PUBLICATION {publication} FOR TABLE {}", names.join(", "));
-        client.batch_execute(&stmt).await.map_err(sql("creating the publication"))?;
+        let stmt = format!(
+            "CREATE PUBLICATION {publication} FOR TABLE {}",
+            names.join(", ")
+        );
+        client
+            .batch_execute(&stmt)
+            .await
+            .map_err(sql("creating the publication"))?;
         tracing::info!(publication, "created publication");
     } else {
         let rows = client
@@ -110,10 +125,20 @@ pub async fn create_objects(client: &Client, slot: &str, publication: &str) -> R
             .await
             .map_err(sql("reading the publication"))?;
         let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let missing: Vec<&str> = names.iter().copied().filter(|n| !present.iter().any(|p| p == n)).collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !present.iter().any(|p| p == n))
+            .collect();
         if !missing.is_empty() {
-            let stmt = format!("ALTER PUBLICATION {publication} ADD TABLE {}", missing.join(", "));
-            client.batch_execute(&stmt).await.map_err(sql("extending the publication"))?;
+            let stmt = format!(
+                "ALTER PUBLICATION {publication} ADD TABLE {}",
+                missing.join(", ")
+            );
+            client
+                .batch_execute(&stmt)
+                .await
+                .map_err(sql("extending the publication"))?;
             tracing::info!(publication, tables = ?missing, "added tables to publication");
         }
     }
@@ -127,7 +152,10 @@ pub async fn create_objects(client: &Client, slot: &str, publication: &str) -> R
     match slot_row {
         None => {
             client
-                .query_one("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+                .query_one(
+                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&slot],
+                )
                 .await
                 .map_err(sql("creating the replication slot"))?;
             tracing::info!(slot, "created replication slot");
@@ -166,16 +194,22 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<SlotInfo, SetupErr
         .await
         .map_err(sql("reading the slot"))?
         .ok_or_else(|| SetupError::NoSlot(slot.to_owned()))?;
-    let (text, active, status): (Option<String>, bool, String) = (row.get(0), row.get(1), row.get(2));
+    let (text, active, status): (Option<String>, bool, String) =
+        (row.get(0), row.get(1), row.get(2));
     if status == "lost" {
-        return Err(SetupError::SlotLost { slot: slot.to_owned() });
+        return Err(SetupError::SlotLost {
+            slot: slot.to_owned(),
+        });
     }
     let text = text.unwrap_or_default();
     let confirmed_flush = text.parse().map_err(|_| SetupError::BadLsn {
         slot: slot.to_owned(),
         text: text.clone(),
     })?;
-    Ok(SlotInfo { confirmed_flush, active })
+    Ok(SlotInfo {
+        confirmed_flush,
+        active,
+    })
 }
 
 /// The server's current WAL write position: everything committed before now lies below it.

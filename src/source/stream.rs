@@ -81,8 +81,13 @@ pub async fn start(cfg: &SourceConfig, start: Lsn) -> Result<StreamHandle, Strea
         .with_ack_lsn(pgwire_replication::Lsn(start.0))
         .with_status_interval(Duration::from_secs(1))
         .with_wakeup_interval(Duration::from_secs(5));
-    let mut client = ReplicationClient::connect(repl).await.map_err(StreamError::Replication)?;
-    client.wait_started().await.map_err(StreamError::Replication)?;
+    let mut client = ReplicationClient::connect(repl)
+        .await
+        .map_err(StreamError::Replication)?;
+    client
+        .wait_started()
+        .await
+        .map_err(StreamError::Replication)?;
     let (tx, events) = mpsc::channel(256);
     let (ack, ack_rx) = watch::channel(start);
     let task = tokio::spawn(async move {
@@ -124,12 +129,16 @@ async fn pump(
                 commit_time_micros,
             }) => {
                 let at = Lsn(final_lsn.0);
-                asm.begin(at, xid, commit_time_micros).map_err(framing(at))?;
+                asm.begin(at, xid, commit_time_micros)
+                    .map_err(framing(at))?;
                 None
             }
-            Some(ReplicationEvent::XLogData { wal_start, data, .. }) => {
+            Some(ReplicationEvent::XLogData {
+                wal_start, data, ..
+            }) => {
                 let at = Lsn(wal_start.0);
-                let msg = pgoutput::decode(&data).map_err(|source| StreamError::Decode { at, source })?;
+                let msg =
+                    pgoutput::decode(&data).map_err(|source| StreamError::Decode { at, source })?;
                 asm.push(&msg).map_err(framing(at))?.map(SourceEvent::Txn)
             }
             Some(ReplicationEvent::Commit {
@@ -158,4 +167,3 @@ async fn pump(
         }
     }
 }
-

@@ -5,7 +5,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A WAL position (log sequence number), shown and parsed as PostgreSQL's `X/Y`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Lsn(pub u64);
 
 impl Lsn {

@@ -108,7 +108,8 @@ impl Store {
                 })
             }
             None => {
-                tree.insert(META_FORMAT, &[FORMAT_VERSION]).map_err(io("open"))?;
+                tree.insert(META_FORMAT, &[FORMAT_VERSION])
+                    .map_err(io("open"))?;
                 db.flush().map_err(io("open"))?;
             }
         }
@@ -168,6 +169,21 @@ impl Store {
         })
     }
 
+    /// Iterates the keys of `space` starting with `prefix`, without their
+    /// namespace byte and without decoding values.
+    pub fn scan_keys(
+        &self,
+        space: Space,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<Vec<u8>, StateError>> + '_ {
+        let mut full = vec![space as u8];
+        full.extend_from_slice(prefix);
+        self.tree
+            .scan_prefix(full)
+            .keys()
+            .map(|k| k.map(|k| k[1..].to_vec()).map_err(io("scan")))
+    }
+
     /// Applies `batch` and the new applied LSN atomically, then flushes to disk.
     ///
     /// The LSN never moves backwards; committing the same LSN again is allowed
@@ -180,7 +196,9 @@ impl Store {
                 requested: applied,
             });
         }
-        batch.inner.insert(META_APPLIED, encode(Space::Meta, &applied)?);
+        batch
+            .inner
+            .insert(META_APPLIED, encode(Space::Meta, &applied)?);
         self.tree.apply_batch(batch.inner).map_err(io("commit"))?;
         self.db.flush().map_err(io("flush"))?;
         self.applied.store(applied.0, Ordering::Release);
@@ -224,7 +242,8 @@ impl Batch {
     }
 
     pub fn put_meta<V: Serialize>(&mut self, name: &str, value: &V) -> Result<(), StateError> {
-        self.inner.insert(meta_key(name), encode(Space::Meta, value)?);
+        self.inner
+            .insert(meta_key(name), encode(Space::Meta, value)?);
         self.ops += 1;
         Ok(())
     }
@@ -287,13 +306,24 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.applied_lsn(), Some(Lsn(200)));
         assert_eq!(store.get::<_, String>(&FactId(1)).unwrap(), None);
-        assert_eq!(store.get::<_, String>(&FactId(2)).unwrap().as_deref(), Some("two"));
-        assert_eq!(store.meta::<String>("slot").unwrap().as_deref(), Some("raa"));
+        assert_eq!(
+            store.get::<_, String>(&FactId(2)).unwrap().as_deref(),
+            Some("two")
+        );
+        assert_eq!(
+            store.meta::<String>("slot").unwrap().as_deref(),
+            Some("raa")
+        );
         let all: Vec<(Vec<u8>, String)> = store
             .scan(Space::Fact, &[])
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(all, vec![(2_u64.to_be_bytes().to_vec(), "two".to_string())]);
+        let keys: Vec<Vec<u8>> = store
+            .scan_keys(Space::Fact, &[])
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(keys, vec![2_u64.to_be_bytes().to_vec()]);
     }
 
     #[test]

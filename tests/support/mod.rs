@@ -29,7 +29,9 @@ static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
 fn server() -> &'static Server {
     SERVER.get_or_init(|| match std::env::var("RAA_TEST_PG_URL") {
         Ok(url) => Server::External(url),
-        Err(_) => Server::Embedded(EmbeddedPostgres::start().expect("start a throwaway PostgreSQL")),
+        Err(_) => {
+            Server::Embedded(EmbeddedPostgres::start().expect("start a throwaway PostgreSQL"))
+        }
     })
 }
 
@@ -72,7 +74,11 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let name = format!("raa_test_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "raa_test_{}_{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::SeqCst)
+        );
         let admin = connect(&url_for("postgres")).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
@@ -80,7 +86,11 @@ impl TestDb {
             .expect("create test database");
         let url = url_for(&name);
         let db = TestDb { name, url };
-        db.client().await.batch_execute(raa::INFOMART_SQL).await.expect("load sql/infomart.sql");
+        db.client()
+            .await
+            .batch_execute(raa::INFOMART_SQL)
+            .await
+            .expect("load sql/infomart.sql");
         db
     }
 
@@ -99,12 +109,16 @@ impl TestDb {
         setup::check_server(&c).await.expect("server check");
         c.batch_execute(&ddl(settings)).await.expect("raa ddl");
         let src = self.source();
-        setup::create_objects(&c, &src.slot, &src.publication).await.expect("create objects");
+        setup::create_objects(&c, &src.slot, &src.publication)
+            .await
+            .expect("create objects");
     }
 
     /// `raa run --until-caught-up` in process, on the state in `state_dir`.
     pub async fn catch_up(&self, state_dir: &Path, settings: &Settings) -> Summary {
-        self.try_catch_up(state_dir, settings).await.expect("pipeline run")
+        self.try_catch_up(state_dir, settings)
+            .await
+            .expect("pipeline run")
     }
 
     pub async fn try_catch_up(
@@ -112,18 +126,37 @@ impl TestDb {
         state_dir: &Path,
         settings: &Settings,
     ) -> Result<Summary, pipeline::PipelineError> {
+        self.catch_up_with(state_dir, settings, None).await
+    }
+
+    pub async fn catch_up_with(
+        &self,
+        state_dir: &Path,
+        settings: &Settings,
+        failpoint: Option<pipeline::Failpoint>,
+    ) -> Result<Summary, pipeline::PipelineError> {
         let store = Arc::new(raa_state::Store::open(state_dir).expect("open state"));
         let src = self.source();
-        let sink = PgSink::new(self.client().await, &src.slot, settings).await.expect("sink");
+        let sink = PgSink::new(self.client().await, &src.slot, settings)
+            .await
+            .expect("sink");
         let opts = Options {
             until_caught_up: true,
             batch_changes: 5_000,
             batch_delay: Duration::from_millis(50),
+            failpoint,
             ..Options::default()
         };
         tokio::time::timeout(
             Duration::from_secs(300),
-            pipeline::run(&src, store, settings.clone(), sink, opts, Shutdown::default()),
+            pipeline::run(
+                &src,
+                store,
+                settings.clone(),
+                sink,
+                opts,
+                Shutdown::default(),
+            ),
         )
         .await
         .expect("catch-up finished within 300 s")
@@ -131,14 +164,20 @@ impl TestDb {
 
     /// `raa verify`: every difference, rendered.
     pub async fn differences(&self, settings: &Settings) -> Vec<String> {
-        let diffs = raa::verify::verify(&self.client().await, settings).await.expect("verify runs");
+        let diffs = raa::verify::verify(&self.client().await, settings)
+            .await
+            .expect("verify runs");
         diffs
             .iter()
             .flat_map(|d| {
                 d.expected_only
                     .iter()
                     .map(move |r| format!("{} expected {r}", d.table))
-                    .chain(d.actual_only.iter().map(move |r| format!("{} actual {r}", d.table)))
+                    .chain(
+                        d.actual_only
+                            .iter()
+                            .map(move |r| format!("{} actual {r}", d.table)),
+                    )
             })
             .collect()
     }
@@ -154,7 +193,12 @@ impl TestDb {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        self.client().await.query_one(sql, &[]).await.expect("count query").get(0)
+        self.client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .expect("count query")
+            .get(0)
     }
 }
 

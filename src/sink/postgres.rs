@@ -6,7 +6,7 @@
 
 use super::{Sink, SinkError};
 use crate::aggregate::catalog::FAMILIES;
-use crate::aggregate::family::{Agg, Family};
+use crate::aggregate::family::Family;
 use crate::aggregate::{Level, OutputRow, Settings};
 use raa_state::Lsn;
 use std::collections::HashMap;
@@ -33,15 +33,15 @@ pub fn ddl(settings: &Settings) -> String {
     out
 }
 
-struct TableStatements {
-    upsert: Statement,
-    delete: Statement,
-}
+/// Which group columns of a deleted row are NULL (bit i = group column i).
+type NullMask = u32;
 
 pub struct PgSink {
     client: Client,
     slot: String,
-    tables: HashMap<(u16, Level), TableStatements>,
+    upserts: HashMap<(u16, Level), Statement>,
+    /// Deletes, prepared on first use per table and NULL pattern.
+    deletes: HashMap<(u16, Level, NullMask), Statement>,
     progress_stmt: Statement,
 }
 
@@ -54,7 +54,7 @@ impl PgSink {
     /// Prepares the statements for every family at the configured levels.
     /// The tables must exist (`raa init`).
     pub async fn new(client: Client, slot: &str, settings: &Settings) -> Result<PgSink, SinkError> {
-        let mut tables = HashMap::new();
+        let mut upserts = HashMap::new();
         for (idx, family) in FAMILIES.iter().enumerate() {
             for &level in &settings.levels {
                 let table = family.table_name(level);
@@ -62,11 +62,7 @@ impl PgSink {
                     .prepare(&upsert_sql(family, &table))
                     .await
                     .map_err(sql_err(format!("prepare upsert into {table}")))?;
-                let delete = client
-                    .prepare(&delete_sql(family, &table))
-                    .await
-                    .map_err(sql_err(format!("prepare delete from {table}")))?;
-                tables.insert((idx as u16, level), TableStatements { upsert, delete });
+                upserts.insert((idx as u16, level), upsert);
             }
         }
         let progress_stmt = client
@@ -80,7 +76,8 @@ impl PgSink {
         Ok(PgSink {
             client,
             slot: slot.to_owned(),
-            tables,
+            upserts,
+            deletes: HashMap::new(),
             progress_stmt,
         })
     }
@@ -108,23 +105,36 @@ fn upsert_sql(family: &Family, table: &str) -> String {
     )
 }
 
-fn delete_sql(family: &Family, table: &str) -> String {
-    let key: Vec<&str> = std::iter::once("date_time_key")
-        .chain(family.group_columns())
-        .collect();
-    let unnest: Vec<String> = (1..=key.len()).map(|i| format!("${i}::int8[]")).collect();
+/// A multi-row delete for rows whose NULL group columns are those in `nulls`.
+/// Each column is matched with `=` or `IS NULL`, which the unique index can
+/// serve (`IS NOT DISTINCT FROM` cannot, and would scan whole buckets).
+/// Parameters: `date_time_key`, then the non-NULL group columns.
+fn delete_sql(family: &Family, table: &str, nulls: NullMask) -> String {
+    let mut key = vec!["date_time_key"];
     let mut cond = vec!["t.date_time_key = d.date_time_key".to_owned()];
-    cond.extend(
-        family
-            .group_columns()
-            .map(|c| format!("t.{c} IS NOT DISTINCT FROM d.{c}")),
-    );
+    for (i, c) in family.group_columns().enumerate() {
+        if nulls & (1 << i) != 0 {
+            cond.push(format!("t.{c} IS NULL"));
+        } else {
+            key.push(c);
+            cond.push(format!("t.{c} = d.{c}"));
+        }
+    }
+    let unnest: Vec<String> = (1..=key.len()).map(|i| format!("${i}::int8[]")).collect();
     format!(
         "DELETE FROM {table} t USING unnest({}) AS d({}) WHERE {}",
         unnest.join(", "),
         key.join(", "),
         cond.join(" AND ")
     )
+}
+
+fn null_mask(row: &OutputRow) -> NullMask {
+    row.group
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_none())
+        .fold(0, |m, (i, _)| m | (1 << i))
 }
 
 /// Column-wise arrays for one table's upserts or deletes.
@@ -162,6 +172,17 @@ impl Columns {
         }
     }
 
+    /// Parameters of a delete: the bucket and the group columns not in `nulls`.
+    fn delete_params(&self, nulls: NullMask) -> Vec<&(dyn ToSql + Sync)> {
+        let mut p: Vec<&(dyn ToSql + Sync)> = vec![&self.buckets];
+        for (i, col) in self.groups.iter().enumerate() {
+            if nulls & (1 << i) == 0 {
+                p.push(col);
+            }
+        }
+        p
+    }
+
     fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let mut p: Vec<&(dyn ToSql + Sync)> = vec![&self.buckets];
         p.extend(self.groups.iter().map(|c| c as &(dyn ToSql + Sync)));
@@ -176,34 +197,56 @@ impl Sink for PgSink {
     }
 
     async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
-        let mut by_table: HashMap<(u16, Level), (Columns, Columns)> = HashMap::new();
+        let mut upserts: HashMap<(u16, Level), Columns> = HashMap::new();
+        let mut deletes: HashMap<(u16, Level, NullMask), Columns> = HashMap::new();
         for row in rows {
             let family = FAMILIES[usize::from(row.family)];
-            let (up, del) = by_table
-                .entry((row.family, row.level))
-                .or_insert_with(|| (Columns::new(family, true), Columns::new(family, false)));
             if row.values.is_some() {
-                up.push(row)
+                upserts
+                    .entry((row.family, row.level))
+                    .or_insert_with(|| Columns::new(family, true))
+                    .push(row);
             } else {
-                del.push(row)
+                let mask = null_mask(row);
+                deletes
+                    .entry((row.family, row.level, mask))
+                    .or_insert_with(|| Columns::new(family, false))
+                    .push(row);
+            }
+        }
+        for &(family, level, mask) in deletes.keys() {
+            if !self.deletes.contains_key(&(family, level, mask)) {
+                let table = FAMILIES[usize::from(family)].table_name(level);
+                let stmt = self
+                    .client
+                    .prepare(&delete_sql(FAMILIES[usize::from(family)], &table, mask))
+                    .await
+                    .map_err(sql_err(format!("prepare delete from {table}")))?;
+                self.deletes.insert((family, level, mask), stmt);
             }
         }
         let tx = self.client.transaction().await.map_err(sql_err("begin"))?;
-        for ((family, level), (up, del)) in &by_table {
-            let Some(stmts) = self.tables.get(&(*family, *level)) else {
+        for ((family, level), cols) in &upserts {
+            let Some(stmt) = self.upserts.get(&(*family, *level)) else {
                 continue;
             };
-            let table = || FAMILIES[usize::from(*family)].table_name(*level);
-            if !up.buckets.is_empty() {
-                tx.execute(&stmts.upsert, &up.params())
-                    .await
-                    .map_err(sql_err(format!("upsert into {}", table())))?;
-            }
-            if !del.buckets.is_empty() {
-                tx.execute(&stmts.delete, &del.params())
-                    .await
-                    .map_err(sql_err(format!("delete from {}", table())))?;
-            }
+            tx.execute(stmt, &cols.params())
+                .await
+                .map_err(sql_err(format!(
+                    "upsert into {}",
+                    FAMILIES[usize::from(*family)].table_name(*level)
+                )))?;
+        }
+        for ((family, level, mask), cols) in &deletes {
+            let Some(stmt) = self.deletes.get(&(*family, *level, *mask)) else {
+                continue;
+            };
+            tx.execute(stmt, &cols.delete_params(*mask))
+                .await
+                .map_err(sql_err(format!(
+                    "delete from {}",
+                    FAMILIES[usize::from(*family)].table_name(*level)
+                )))?;
         }
         let updated = tx
             .execute(&self.progress_stmt, &[&self.slot, &lsn.to_string()])
@@ -239,9 +282,4 @@ pub async fn read_progress(
         slot: slot.to_owned(),
         text,
     })
-}
-
-/// Whether `family`'s measure at `i` may be NULL in the table (a maximum).
-pub fn nullable_measure(family: &Family, i: usize) -> bool {
-    matches!(family.measures[i].agg, Agg::Max(_))
 }

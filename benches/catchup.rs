@@ -147,6 +147,10 @@ async fn bench(rows: usize) {
         "throughput ratio:            {:.2} (raa / pg_recvlogical)",
         reference / raa_secs
     );
+    println!(
+        "raa time by stage:           apply {:.1} s, finish {:.1} s, sink {:.1} s, state commit {:.1} s",
+        summary.apply_secs, summary.finish_secs, summary.sink_secs, summary.state_secs
+    );
     println!("verify differences:          {}", diffs.len());
     assert!(
         diffs.is_empty(),

@@ -121,14 +121,22 @@ pub enum PipelineError {
     },
 }
 
-/// What a run did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a run did, and where its time went.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {
     pub transactions: u64,
     pub changes: u64,
     pub skipped_transactions: u64,
     pub batches: u64,
     pub durable: Lsn,
+    /// Seconds applying transactions to the working set (aggregation, state reads).
+    pub apply_secs: f64,
+    /// Seconds ending batches (encoding the state batch, collecting output rows).
+    pub finish_secs: f64,
+    /// Seconds in sink transactions.
+    pub sink_secs: f64,
+    /// Seconds committing and flushing the state.
+    pub state_secs: f64,
 }
 
 /// Decides where streaming resumes, refusing inconsistent positions.
@@ -293,10 +301,12 @@ impl<S: Sink> Pipeline<S> {
             return Ok(());
         }
         let (engine, work) = (&mut self.engine, &mut self.work);
+        let started = Instant::now();
         blocking(|| engine.apply(work, txn)).map_err(|source| PipelineError::Aggregate {
             commit_lsn: txn.commit_lsn,
             source,
         })?;
+        self.summary.apply_secs += started.elapsed().as_secs_f64();
         self.summary.transactions += 1;
         self.summary.changes += txn.changes.len() as u64;
         self.batch_end = Some(txn.end_lsn);
@@ -321,6 +331,7 @@ impl<S: Sink> Pipeline<S> {
                 .await
                 .map_err(|source| PipelineError::Sink { lsn: end, source })?;
             self.sink_progress = Some(end);
+            self.summary.sink_secs += started.elapsed().as_secs_f64();
             if self.failpoint == Some(Failpoint::AfterSinkCommit(self.summary.batches + 1)) {
                 return Err(PipelineError::Failpoint(Failpoint::AfterSinkCommit(
                     self.summary.batches + 1,
@@ -329,8 +340,10 @@ impl<S: Sink> Pipeline<S> {
             tracing::debug!(%end, rows = out.rows.len(), ms = started.elapsed().as_millis() as u64, "sink committed");
         }
         let store = &self.store;
-        blocking(|| store.commit(out.state, end))
-            .map_err(|source| PipelineError::State { lsn: end, source })?;
+        let started = Instant::now();
+        let committed = blocking(|| store.commit(out.state, end));
+        self.summary.state_secs += started.elapsed().as_secs_f64();
+        committed.map_err(|source| PipelineError::State { lsn: end, source })?;
         self.durable = end;
         self.summary.durable = end;
         self.summary.batches += 1;

@@ -139,25 +139,38 @@ pub struct Summary {
     pub state_secs: f64,
 }
 
+/// State metadata: set once the sink has committed a batch for this state.
+const SINK_WRITTEN: &str = "sink-written";
+
 /// Decides where streaming resumes, refusing inconsistent positions.
+///
+/// `state` is the state's applied LSN and `sink_written` whether the sink ever
+/// committed a batch for it; `sink` is the sink's progress LSN.
 pub fn resume_point(
     slot: &str,
     state: Option<Lsn>,
+    sink_written: bool,
     sink: Option<Lsn>,
     slot_confirmed: Lsn,
 ) -> Result<Lsn, PipelineError> {
-    match (state, sink) {
-        (None, Some(sink)) => Err(PipelineError::StateLost { sink }),
-        (None, None) => Ok(slot_confirmed),
-        (Some(state), sink) if sink.is_none_or(|s| s < state) => {
-            Err(PipelineError::SinkBehind { state, sink })
-        }
-        (Some(state), _) if slot_confirmed > state => Err(PipelineError::SlotAhead {
+    let Some(state) = state else {
+        return match sink {
+            Some(sink) => Err(PipelineError::StateLost { sink }),
+            None => Ok(slot_confirmed),
+        };
+    };
+    if slot_confirmed > state {
+        return Err(PipelineError::SlotAhead {
             slot: slot.to_owned(),
             confirmed: slot_confirmed,
             state,
-        }),
-        (Some(state), _) => Ok(state),
+        });
+    }
+    match sink {
+        // Nothing was sunk yet (or the crash came before the first sink commit).
+        None if !sink_written => Ok(state),
+        Some(p) if p >= state => Ok(state),
+        _ => Err(PipelineError::SinkBehind { state, sink }),
     }
 }
 
@@ -180,12 +193,29 @@ pub async fn run<S: Sink>(
         .progress()
         .await
         .map_err(PipelineError::SinkProgress)?;
+    let sink_written = p
+        .store
+        .meta::<bool>(SINK_WRITTEN)
+        .map_err(|source| PipelineError::State {
+            lsn: Lsn::ZERO,
+            source,
+        })?
+        .unwrap_or(false);
     let start = resume_point(
         &source.slot,
         p.store.applied_lsn(),
+        sink_written,
         p.sink_progress,
         slot.confirmed_flush,
     )?;
+    if p.store.applied_lsn().is_none() {
+        // Anchor a new state at the slot's position before anything reaches the
+        // sink, so a crash during the first batch resumes instead of looking
+        // like a lost state.
+        let store = &p.store;
+        blocking(|| store.commit(raa_state::Batch::default(), start))
+            .map_err(|source| PipelineError::State { lsn: start, source })?;
+    }
     p.durable = start;
     p.failpoint = opts.failpoint;
     let target = if opts.until_caught_up {
@@ -322,7 +352,7 @@ impl<S: Sink> Pipeline<S> {
         self.batch_started = None;
         let work = std::mem::take(&mut self.work);
         let engine = &self.engine;
-        let out = blocking(|| engine.finish(work))
+        let mut out = blocking(|| engine.finish(work))
             .map_err(|source| PipelineError::Finish { lsn: end, source })?;
         if self.sink_progress.is_none_or(|p| end > p) {
             let started = Instant::now();
@@ -331,6 +361,9 @@ impl<S: Sink> Pipeline<S> {
                 .await
                 .map_err(|source| PipelineError::Sink { lsn: end, source })?;
             self.sink_progress = Some(end);
+            out.state
+                .put_meta(SINK_WRITTEN, &true)
+                .map_err(|source| PipelineError::State { lsn: end, source })?;
             self.summary.sink_secs += started.elapsed().as_secs_f64();
             if self.failpoint == Some(Failpoint::AfterSinkCommit(self.summary.batches + 1)) {
                 return Err(PipelineError::Failpoint(Failpoint::AfterSinkCommit(
@@ -378,18 +411,31 @@ mod tests {
 
     #[test]
     fn fresh_start_follows_the_slot() {
-        assert_eq!(resume_point(SLOT, None, None, Lsn(50)).unwrap(), Lsn(50));
+        assert_eq!(
+            resume_point(SLOT, None, false, None, Lsn(50)).unwrap(),
+            Lsn(50)
+        );
     }
 
     #[test]
     fn resumes_from_the_state_when_the_sink_is_level_or_ahead() {
         assert_eq!(
-            resume_point(SLOT, Some(Lsn(100)), Some(Lsn(100)), Lsn(90)).unwrap(),
+            resume_point(SLOT, Some(Lsn(100)), true, Some(Lsn(100)), Lsn(90)).unwrap(),
             Lsn(100)
         );
         // Crash after the sink commit, before the state commit.
         assert_eq!(
-            resume_point(SLOT, Some(Lsn(100)), Some(Lsn(150)), Lsn(100)).unwrap(),
+            resume_point(SLOT, Some(Lsn(100)), true, Some(Lsn(150)), Lsn(100)).unwrap(),
+            Lsn(100)
+        );
+        // The same crash during the first batch of a new state.
+        assert_eq!(
+            resume_point(SLOT, Some(Lsn(100)), false, Some(Lsn(150)), Lsn(100)).unwrap(),
+            Lsn(100)
+        );
+        // A new state that has not reached the sink yet.
+        assert_eq!(
+            resume_point(SLOT, Some(Lsn(100)), false, None, Lsn(100)).unwrap(),
             Lsn(100)
         );
     }
@@ -397,19 +443,19 @@ mod tests {
     #[test]
     fn refuses_positions_no_crash_can_produce() {
         assert!(matches!(
-            resume_point(SLOT, None, Some(Lsn(10)), Lsn(0)),
+            resume_point(SLOT, None, false, Some(Lsn(10)), Lsn(0)),
             Err(PipelineError::StateLost { .. })
         ));
         assert!(matches!(
-            resume_point(SLOT, Some(Lsn(100)), Some(Lsn(99)), Lsn(0)),
+            resume_point(SLOT, Some(Lsn(100)), true, Some(Lsn(99)), Lsn(0)),
             Err(PipelineError::SinkBehind { .. })
         ));
         assert!(matches!(
-            resume_point(SLOT, Some(Lsn(100)), None, Lsn(0)),
+            resume_point(SLOT, Some(Lsn(100)), true, None, Lsn(0)),
             Err(PipelineError::SinkBehind { .. })
         ));
         assert!(matches!(
-            resume_point(SLOT, Some(Lsn(100)), Some(Lsn(100)), Lsn(101)),
+            resume_point(SLOT, Some(Lsn(100)), true, Some(Lsn(100)), Lsn(101)),
             Err(PipelineError::SlotAhead { .. })
         ));
     }

@@ -71,7 +71,17 @@ async fn crash_between_sink_and_state_commit_replays_without_double_counting() {
     let mut g = Generator::new(9, DAY);
     g.dimensions(&c).await.unwrap();
     g.day(&mut c, 800, 80).await.unwrap();
+    // First, the crash during the very first batch of a new state.
+    let err = db
+        .catch_up_with(state.path(), &settings, Some(Failpoint::AfterSinkCommit(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, raa::pipeline::PipelineError::Failpoint(_)),
+        "{err}"
+    );
     db.catch_up(state.path(), &settings).await;
+    db.assert_verified(&settings).await;
     for batch in [1, 2] {
         g.chaos(&mut c, 40).await.unwrap();
         let err = db

@@ -57,6 +57,8 @@ pub struct Generator {
     live: Vec<i64>,
     /// Start of the generated day (UTC epoch seconds).
     pub day_start: i64,
+    /// Whether [`Generator::chaos`] may TRUNCATE the fact table.
+    pub truncate: bool,
     pub written: Written,
 }
 
@@ -100,6 +102,7 @@ impl Generator {
             next_id: 1,
             live: Vec::new(),
             day_start,
+            truncate: true,
             written: Written::default(),
         }
     }
@@ -355,7 +358,7 @@ impl Generator {
                     87..=94 => self.change_dimension(&tx).await?,
                     95..=97 => self.null_columns(&tx).await?,
                     _ => {
-                        if self.rng.random_bool(0.3) {
+                        if self.truncate && self.rng.random_bool(0.3) {
                             tx.execute("TRUNCATE interaction_resource_fact", &[])
                                 .await?;
                             deleted.append(&mut self.live);

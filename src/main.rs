@@ -148,7 +148,7 @@ enum Command {
     /// Start a throwaway PostgreSQL, generate traffic, aggregate and verify it.
     Demo {
         /// IRF rows of generated traffic.
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 100_000)]
         rows: usize,
     },
 }
@@ -316,6 +316,7 @@ async fn demo(rows: usize) -> Result<i32> {
         batch_delay_ms: 200,
     };
     let mut g = Generator::new(7, default_day());
+    g.truncate = false;
     g.dimensions(&client).await?;
     for (round, what) in [
         (1, "a day of traffic"),

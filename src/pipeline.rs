@@ -46,7 +46,7 @@ pub struct Options {
 /// Points in a batch commit where tests stop the pipeline on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failpoint {
-    /// After the sink committed batch number `n` (from 1), before the state did.
+    /// After the run's `n`-th sink commit (from 1), before the state's commit.
     AfterSinkCommit(u64),
 }
 
@@ -245,6 +245,8 @@ struct Pipeline<S> {
     last_commit: Instant,
     summary: Summary,
     failpoint: Option<Failpoint>,
+    /// Sink commits in this run (the failpoint counts these).
+    sink_commits: u64,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -266,6 +268,7 @@ impl<S: Sink> Pipeline<S> {
             last_commit: Instant::now(),
             summary: Summary::default(),
             failpoint: None,
+            sink_commits: 0,
         })
     }
 
@@ -365,10 +368,10 @@ impl<S: Sink> Pipeline<S> {
                 .put_meta(SINK_WRITTEN, &true)
                 .map_err(|source| PipelineError::State { lsn: end, source })?;
             self.summary.sink_secs += started.elapsed().as_secs_f64();
-            if self.failpoint == Some(Failpoint::AfterSinkCommit(self.summary.batches + 1)) {
-                return Err(PipelineError::Failpoint(Failpoint::AfterSinkCommit(
-                    self.summary.batches + 1,
-                )));
+            self.sink_commits += 1;
+            let here = Failpoint::AfterSinkCommit(self.sink_commits);
+            if self.failpoint == Some(here) {
+                return Err(PipelineError::Failpoint(here));
             }
             tracing::debug!(%end, rows = out.rows.len(), ms = started.elapsed().as_millis() as u64, "sink committed");
         }

@@ -126,6 +126,8 @@ pub struct Engine {
     settings: Settings,
     dims: HashMap<DimKey, Row>,
     zones: HashMap<String, TimeZone>,
+    /// Per fact table, the dimensions its facts are indexed by (from the catalog).
+    indexed: HashMap<Table, Vec<Dim>>,
 }
 
 const SETTINGS_META: &str = "aggregate-settings";
@@ -160,11 +162,16 @@ impl Engine {
                 );
             }
         }
+        let indexed = FAMILIES
+            .iter()
+            .map(|f| (f.source, index_dims(f.source)))
+            .collect();
         Ok(Engine {
             store,
             settings,
             dims,
             zones: HashMap::new(),
+            indexed,
         })
     }
 
@@ -354,7 +361,7 @@ impl Engine {
     /// Updates the dimension index for a fact whose row changed from `old` to `new`.
     fn set_index(&self, w: &mut Work, fk: FactKey, old: Option<&Row>, new: Option<&Row>) {
         let spec = fk.table.spec();
-        for dim in index_dims(fk.table) {
+        for &dim in self.indexed.get(&fk.table).into_iter().flatten() {
             let Some(slot) = dim.fk_slot(spec) else {
                 continue;
             };

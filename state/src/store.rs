@@ -40,8 +40,21 @@ const META_FORMAT: &[u8] = &[Space::Meta as u8, b'f'];
 const META_APPLIED: &[u8] = &[Space::Meta as u8, b'l'];
 const META_NAMED: u8 = b'n';
 
+/// How long [`Store::open`] waits for a directory lock held by a closing database.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn is_lock_conflict(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error(
+        "the state directory {path} is locked by another process: is another raa running \
+         with the same --state-dir?"
+    )]
+    Locked { path: PathBuf },
     #[error("cannot open the state store at {path}")]
     Open {
         path: PathBuf,
@@ -86,15 +99,35 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store in `dir`, checking its format version.
+    ///
+    /// sled releases a directory's lock only once its background flusher has
+    /// let go of a dropped database, so a lock conflict is retried for up to
+    /// [`LOCK_WAIT`] before it is reported: another process holds the directory.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
-            .open()
-            .map_err(|source| StateError::Open {
-                path: dir.to_owned(),
-                source,
-            })?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(256 * 1024 * 1024)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(e) if is_lock_conflict(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) if is_lock_conflict(&e) => {
+                    return Err(StateError::Locked {
+                        path: dir.to_owned(),
+                    })
+                }
+                Err(source) => {
+                    return Err(StateError::Open {
+                        path: dir.to_owned(),
+                        source,
+                    })
+                }
+            }
+        };
         let tree = db.open_tree("state").map_err(|source| StateError::Open {
             path: dir.to_owned(),
             source,
@@ -324,6 +357,15 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(keys, vec![2_u64.to_be_bytes().to_vec()]);
+    }
+
+    #[test]
+    fn a_directory_held_by_an_open_store_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another raa"), "{err}");
     }
 
     #[test]

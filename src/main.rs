@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use raa::aggregate::family::Params;
-use raa::aggregate::{Level, Settings};
+use raa::aggregate::Settings;
 use raa::embedded::EmbeddedPostgres;
 use raa::loadgen::Generator;
 use raa::ops::shutdown::Shutdown;
@@ -71,11 +71,11 @@ fn parse_subhr(s: &str) -> Result<i64, String> {
 impl AggArgs {
     fn settings(&self) -> Settings {
         Settings {
-            levels: vec![Level::Subhr, Level::Hour, Level::Day],
             subhr_seconds: self.subhr_minutes * 60,
             params: Params {
                 service_level_threshold: self.service_level_seconds,
             },
+            ..Settings::default()
         }
     }
 }
@@ -302,11 +302,7 @@ async fn demo(rows: usize) -> Result<i32> {
     let source = SourceConfig::new(&pg.url("infomart"), "raa", "raa")?;
     let mut client = source.connect().await?;
     client.batch_execute(raa::INFOMART_SQL).await?;
-    let settings = AggArgs {
-        subhr_minutes: 15,
-        service_level_seconds: 20,
-    }
-    .settings();
+    let settings = Settings::default();
     init(&source, &settings).await?;
     let state = tempfile::tempdir()?;
     let run = RunArgs {

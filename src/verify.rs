@@ -29,8 +29,8 @@ pub struct VerifyError {
 pub fn diff_sql(family_idx: usize, level: Level, settings: &Settings) -> String {
     let family = FAMILIES[family_idx];
     let reference = family.reference_sql(level, &settings.params, settings.subhr_seconds);
-    let cols: Vec<&str> = std::iter::once("date_time_key")
-        .chain(family.group_columns())
+    let cols: Vec<&str> = family
+        .key_columns()
         .chain(family.measures.iter().map(|m| m.name))
         .collect();
     format!(

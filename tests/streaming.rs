@@ -72,28 +72,14 @@ async fn crash_between_sink_and_state_commit_replays_without_double_counting() {
     g.dimensions(&c).await.unwrap();
     g.day(&mut c, 800, 80).await.unwrap();
     // First, the crash during the very first batch of a new state.
-    let err = db
-        .catch_up_with(state.path(), &settings, Some(Failpoint::AfterSinkCommit(1)))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, raa::pipeline::PipelineError::Failpoint(_)),
-        "{err}"
-    );
+    crash_after_first_sink_commit(&db, state.path(), &settings).await;
     db.catch_up(state.path(), &settings).await;
     db.assert_verified(&settings).await;
     // Twice more, each time with new traffic and a crash after the run's first batch
     // (every run with traffic has one; later batches depend on timing).
     for _ in 0..2 {
         g.chaos(&mut c, 40).await.unwrap();
-        let err = db
-            .catch_up_with(state.path(), &settings, Some(Failpoint::AfterSinkCommit(1)))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, raa::pipeline::PipelineError::Failpoint(_)),
-            "{err}"
-        );
+        crash_after_first_sink_commit(&db, state.path(), &settings).await;
     }
     let progress = "SELECT (lsn - '0/0')::bigint FROM raa_progress";
     let sink_before = db.count(progress).await;
@@ -229,6 +215,18 @@ async fn refuses_a_server_without_logical_decoding() {
         .to_string();
     assert!(
         err.contains("wal_level = replica") && err.contains("logical"),
+        "{err}"
+    );
+}
+
+/// Runs the pipeline until it stops at the failpoint after its first sink commit.
+async fn crash_after_first_sink_commit(db: &TestDb, state: &std::path::Path, settings: &Settings) {
+    let err = db
+        .catch_up_with(state, settings, Some(Failpoint::AfterSinkCommit(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, raa::pipeline::PipelineError::Failpoint(_)),
         "{err}"
     );
 }

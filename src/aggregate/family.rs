@@ -229,6 +229,11 @@ impl Family {
         self.group_by.iter().map(move |&s| spec.columns[s].name)
     }
 
+    /// The aggregate table's unique key, in order: `date_time_key`, then the group columns.
+    pub fn key_columns(&self) -> impl Iterator<Item = &'static str> + '_ {
+        std::iter::once("date_time_key").chain(self.group_columns())
+    }
+
     pub fn table_name(&self, level: Level) -> String {
         format!("ag2_{}_{}", self.name, level.name())
     }
@@ -247,9 +252,7 @@ impl Family {
             };
             cols.push(format!("    {} bigint{null}", m.name));
         }
-        let key: Vec<&str> = std::iter::once("date_time_key")
-            .chain(self.group_columns())
-            .collect();
+        let key: Vec<&str> = self.key_columns().collect();
         cols.push(format!(
             "    CONSTRAINT {table}_key UNIQUE NULLS NOT DISTINCT ({})",
             key.join(", ")

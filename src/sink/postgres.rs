@@ -84,9 +84,7 @@ impl PgSink {
 }
 
 fn upsert_sql(family: &Family, table: &str) -> String {
-    let key: Vec<&str> = std::iter::once("date_time_key")
-        .chain(family.group_columns())
-        .collect();
+    let key: Vec<&str> = family.key_columns().collect();
     let measures: Vec<&str> = family.measures.iter().map(|m| m.name).collect();
     let unnest: Vec<String> = (1..=key.len() + measures.len())
         .map(|i| format!("${i}::int8[]"))

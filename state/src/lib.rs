@@ -13,10 +13,12 @@
 //! - Every value goes through [`codec`], which carries a format version: the
 //!   only place that knows the encoding (bincode 2, no longer maintained).
 
+pub mod checkpoint;
 pub mod codec;
 mod lsn;
 mod store;
 
+pub use checkpoint::{CheckpointError, CheckpointInfo};
 pub use codec::{CodecError, FORMAT_VERSION};
 pub use lsn::{Lsn, ParseLsnError};
 pub use store::{Batch, Space, StateError, StateKey, Store, StoreStats};

@@ -1,5 +1,6 @@
 //! The sled store: typed keys in namespaces of one tree, committed in atomic batches.
 
+use crate::checkpoint::{self, CheckpointError, CheckpointInfo};
 use crate::codec::{self, CodecError, FORMAT_VERSION};
 use crate::lsn::Lsn;
 use serde::{de::DeserializeOwned, Serialize};
@@ -238,6 +239,132 @@ impl Store {
         Ok(())
     }
 
+    /// Applies `batch` durably without moving the applied LSN: for a backfill,
+    /// whose rows belong to no LSN until the snapshot is whole. A store whose
+    /// applied LSN is unset is incomplete, and [`Store::clear`]ed on start.
+    pub fn write_unanchored(&self, batch: Batch) -> Result<(), StateError> {
+        self.tree.apply_batch(batch.inner).map_err(io("commit"))?;
+        self.db.flush().map_err(io("flush"))?;
+        Ok(())
+    }
+
+    /// Removes everything (an incomplete backfill or restore), keeping the format.
+    pub fn clear(&self) -> Result<(), StateError> {
+        self.tree.clear().map_err(io("clear"))?;
+        self.tree
+            .insert(META_FORMAT, &[FORMAT_VERSION])
+            .map_err(io("clear"))?;
+        self.db.flush().map_err(io("flush"))?;
+        self.applied.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the store holds anything beyond its format marker.
+    pub fn is_empty(&self) -> Result<bool, StateError> {
+        for item in self.tree.iter().keys() {
+            if item.map_err(io("scan"))?.as_ref() != META_FORMAT {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes the whole store to a checkpoint file at `path` (atomically).
+    /// The caller must not commit concurrently: the pipeline checkpoints
+    /// between batches.
+    pub fn checkpoint(
+        &self,
+        path: &Path,
+        system_id: &str,
+        slot: &str,
+        created_unix: i64,
+    ) -> Result<CheckpointInfo, CheckpointError> {
+        let store_err = |source: sled::Error| CheckpointError::Io {
+            path: path.to_owned(),
+            op: "read the state",
+            source: std::io::Error::other(source),
+        };
+        let lsn = self.applied_lsn().ok_or_else(|| CheckpointError::Corrupt {
+            path: path.to_owned(),
+            reason: "the state is incomplete (no applied LSN): nothing to checkpoint".into(),
+        })?;
+        let info = CheckpointInfo {
+            format: checkpoint::CHECKPOINT_FORMAT,
+            state_format: FORMAT_VERSION,
+            system_id: system_id.to_owned(),
+            slot: slot.to_owned(),
+            lsn,
+            created_unix,
+            entries: self.tree.len() as u64,
+        };
+        let items = self.tree.iter().map(move |item| {
+            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(store_err)
+        });
+        checkpoint::write(path, info, items)
+    }
+
+    /// Loads a checkpoint into this store, which must be empty. The file is
+    /// verified whole before anything is written; the applied LSN is set last,
+    /// so an interrupted restore leaves an incomplete (cleared on start) store.
+    pub fn restore(&self, path: &Path) -> Result<CheckpointInfo, CheckpointError> {
+        let info = checkpoint::verify(path)?;
+        let not_empty = || CheckpointError::NotEmpty {
+            state: self.path.clone(),
+        };
+        if !self.is_empty().map_err(|_| not_empty())? {
+            return Err(not_empty());
+        }
+        let store_err = |op: &'static str| {
+            let path = path.to_owned();
+            move |source: sled::Error| CheckpointError::Io {
+                path: path.clone(),
+                op,
+                source: std::io::Error::other(source),
+            }
+        };
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
+        let mut applied = None;
+        checkpoint::read(path, |k, v| {
+            if k == META_APPLIED {
+                applied = Some(v);
+                return Ok(());
+            }
+            batch.insert(k, v);
+            pending += 1;
+            if pending == 10_000 {
+                self.tree
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(store_err("write the state"))?;
+                pending = 0;
+            }
+            Ok(())
+        })?;
+        self.tree
+            .apply_batch(batch)
+            .map_err(store_err("write the state"))?;
+        let recorded = applied
+            .as_deref()
+            .and_then(|v| decode::<Lsn>(Space::Meta, v).ok());
+        if recorded != Some(info.lsn) {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_owned(),
+                reason: format!(
+                    "header LSN {} but the state inside records {recorded:?}",
+                    info.lsn
+                ),
+            });
+        }
+        let bytes = applied.unwrap_or_default();
+        self.tree
+            .insert(META_APPLIED, bytes)
+            .map_err(store_err("write the state"))?;
+        self.db.flush().map_err(store_err("flush the state"))?;
+        self.applied.store(info.lsn.0, Ordering::Release);
+        Ok(info)
+    }
+
     pub fn stats(&self) -> Result<StoreStats, StateError> {
         Ok(StoreStats {
             keys: self.tree.len(),
@@ -389,6 +516,88 @@ mod tests {
         }
         let err = Store::open(dir.path()).err().unwrap();
         assert!(matches!(err, StateError::FormatMismatch { .. }), "{err}");
+    }
+
+    fn filled(dir: &Path, n: u64) -> Store {
+        let store = Store::open(dir).unwrap();
+        let mut b = Batch::default();
+        for i in 0..n {
+            b.put(&FactId(i), &format!("fact {i}")).unwrap();
+        }
+        b.put_meta("sink-written", &true).unwrap();
+        store.commit(b, Lsn(0x1_0000_0042)).unwrap();
+        store
+    }
+
+    #[test]
+    fn checkpoint_round_trips_the_whole_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(&dir.path().join("a"), 1000);
+        let file = dir.path().join("c.raa");
+        let info = store.checkpoint(&file, "7123", "raa", 1_700_000_000).unwrap();
+        assert_eq!(info.lsn, Lsn(0x1_0000_0042));
+        assert_eq!(checkpoint::read_info(&file).unwrap(), info);
+        assert!(!dir.path().join("c.tmp").exists());
+
+        let copy = Store::open(&dir.path().join("b")).unwrap();
+        assert_eq!(copy.restore(&file).unwrap(), info);
+        assert_eq!(copy.applied_lsn(), Some(Lsn(0x1_0000_0042)));
+        assert_eq!(copy.meta::<bool>("sink-written").unwrap(), Some(true));
+        let a: Vec<_> = store.tree.iter().collect::<Result<_, _>>().unwrap();
+        let b: Vec<_> = copy.tree.iter().collect::<Result<_, _>>().unwrap();
+        assert_eq!(a, b);
+        // A second restore into a non-empty store is refused.
+        assert!(copy.restore(&file).is_err());
+    }
+
+    #[test]
+    fn torn_or_altered_checkpoints_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = filled(&dir.path().join("a"), 100);
+        let file = dir.path().join("c.raa");
+        store.checkpoint(&file, "7123", "raa", 1).unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("torn", bytes[..bytes.len() / 2].to_vec()),
+            ("no checksum", bytes[..bytes.len() - 2].to_vec()),
+            ("flipped", {
+                let mut b = bytes.clone();
+                let i = b.len() - 40;
+                b[i] ^= 0x55;
+                b
+            }),
+            ("appended", [bytes.clone(), vec![0]].concat()),
+            ("not ours", b"hello".to_vec()),
+            ("empty", Vec::new()),
+        ];
+        for (what, content) in cases {
+            let bad = dir.path().join(format!("{}.raa", what.replace(' ', "-")));
+            std::fs::write(&bad, content).unwrap();
+            let err = checkpoint::verify(&bad).unwrap_err();
+            assert!(
+                matches!(err, CheckpointError::Corrupt { .. }),
+                "{what}: {err}"
+            );
+            let target = Store::open(&dir.path().join(format!("t-{}", what.replace(' ', "-")))).unwrap();
+            assert!(target.restore(&bad).is_err(), "{what}");
+            assert_eq!(target.applied_lsn(), None, "{what}");
+            assert!(target.is_empty().unwrap(), "{what}: nothing written");
+        }
+    }
+
+    #[test]
+    fn clear_empties_an_incomplete_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(&FactId(1), &1_u32).unwrap();
+        store.write_unanchored(b).unwrap();
+        assert_eq!(store.applied_lsn(), None);
+        assert!(!store.is_empty().unwrap());
+        store.clear().unwrap();
+        assert!(store.is_empty().unwrap());
+        drop(store);
+        assert!(Store::open(dir.path()).unwrap().is_empty().unwrap());
     }
 
     #[test]

@@ -18,12 +18,14 @@
 //! demo, the tests and the benchmarks.
 
 pub mod aggregate;
+pub mod backfill;
 pub mod decode;
 pub mod embedded;
 pub mod loadgen;
 pub mod ops;
 pub mod pipeline;
 pub mod schema;
+pub mod share;
 pub mod sink;
 pub mod source;
 pub mod verify;

@@ -226,10 +226,10 @@ async fn init(source: &SourceConfig, settings: &Settings) -> Result<()> {
         .batch_execute(&ddl(settings))
         .await
         .context("creating raa's tables")?;
-    setup::create_objects(&client, &source.slot, &source.publication).await?;
+    setup::create_publication(&client, &source.publication).await?;
     eprintln!(
-        "raa is set up: slot {}, publication {}",
-        source.slot, source.publication
+        "raa is set up: publication {}; the first `raa run` creates slot {} and backfills",
+        source.publication, source.slot
     );
     Ok(())
 }

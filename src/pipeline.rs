@@ -18,13 +18,16 @@
 //! way no crash can cause (state lost, aggregate tables reset, slot ahead).
 
 use crate::aggregate::{AggregateError, Engine, Settings, Work};
+use crate::backfill::{self, BackfillError, RESYNC_SINK, SYSTEM_ID};
 use crate::decode::Transaction;
 use crate::ops::shutdown::Shutdown;
+use crate::share::{Share, ShareError};
 use crate::sink::{Sink, SinkError};
+use crate::source::snapshot::{self, SnapshotError};
 use crate::source::{
     self, setup, SetupError, SourceConfig, SourceEvent, StreamError, StreamHandle,
 };
-use raa_state::{Lsn, StateError, Store};
+use raa_state::{Batch, Lsn, StateError, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,9 +41,46 @@ pub struct Options {
     pub idle_commit_interval: Duration,
     /// Stop once everything committed before the start is in the sink.
     pub until_caught_up: bool,
+    /// Stop before applying a transaction that ends past this LSN (replay).
+    pub stop_at: Option<Lsn>,
+    /// Checkpoints of the state on the GCXI share.
+    pub checkpoints: Option<Checkpoints>,
     /// Test hook: stop with [`PipelineError::Failpoint`] at this point, as a crash would.
     #[doc(hidden)]
     pub failpoint: Option<Failpoint>,
+}
+
+/// Periodic checkpoints to the share, and how far they bound the slot.
+#[derive(Clone, Debug)]
+pub struct Checkpoints {
+    pub share: Share,
+    pub interval: Duration,
+    pub ack: AckPolicy,
+}
+
+/// How far raa lets the server discard WAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckPolicy {
+    /// Up to what the local state volume holds durably: least WAL kept on the
+    /// server, but losing the volume means a rebuild (backfill).
+    Durable,
+    /// Only up to the newest checkpoint on the share: a new pod can always
+    /// restore and replay, at the price of keeping the WAL since that
+    /// checkpoint on the server (about one checkpoint interval of it).
+    Checkpointed,
+}
+
+impl std::str::FromStr for AckPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "durable" => Ok(AckPolicy::Durable),
+            "checkpointed" => Ok(AckPolicy::Checkpointed),
+            other => Err(format!(
+                "ack policy is \"durable\" or \"checkpointed\", not {other:?}"
+            )),
+        }
+    }
 }
 
 /// Points in a batch commit where tests stop the pipeline on purpose.
@@ -57,6 +97,8 @@ impl Default for Options {
             batch_delay: Duration::from_millis(200),
             idle_commit_interval: Duration::from_secs(10),
             until_caught_up: false,
+            stop_at: None,
+            checkpoints: None,
             failpoint: None,
         }
     }
@@ -68,6 +110,23 @@ pub enum PipelineError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error("initial backfill failed")]
+    Backfill(#[from] BackfillError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error("identifying the source cluster")]
+    Identify(#[from] SnapshotError),
+    #[error(
+        "the state was built from database cluster {state}, but the source is cluster {server}: \
+         point raa at the right database, or rebuild from an empty state directory"
+    )]
+    OtherCluster { state: String, server: String },
+    #[error("writing the whole state to the sink at {lsn}")]
+    Resync {
+        lsn: Lsn,
+        #[source]
+        source: SinkError,
+    },
     #[error("aggregating the transaction that commits at {commit_lsn}")]
     Aggregate {
         commit_lsn: Lsn,
@@ -127,6 +186,8 @@ pub struct Summary {
     pub transactions: u64,
     pub changes: u64,
     pub skipped_transactions: u64,
+    /// Rows read from the snapshot by an initial backfill in this run.
+    pub backfilled_rows: u64,
     pub batches: u64,
     pub durable: Lsn,
     /// Seconds applying transactions to the working set (aggregation, state reads).
@@ -186,46 +247,89 @@ pub async fn run<S: Sink>(
 ) -> Result<Summary, PipelineError> {
     let sql = source.connect().await.map_err(PipelineError::Connect)?;
     setup::check_server(&sql).await?;
-    let slot = setup::slot_info(&sql, &source.slot).await?;
+    let server_id = snapshot::system_id(source).await?;
+    let mut sink = sink;
+    let sink_progress = sink.progress().await.map_err(PipelineError::SinkProgress)?;
+    let state_err = |lsn| move |source| PipelineError::State { lsn, source };
+    let mut needs_backfill = false;
+    if store.applied_lsn().is_none() {
+        if !store.is_empty().map_err(state_err(Lsn::ZERO))? {
+            tracing::warn!(
+                "the state directory holds an interrupted backfill or restore: starting it over"
+            );
+            store.clear().map_err(state_err(Lsn::ZERO))?;
+        }
+        let restored = match &opts.checkpoints {
+            Some(c) => blocking(|| c.share.restore_newest(&store, &server_id))?,
+            None => None,
+        };
+        if restored.is_none() {
+            if let Some(sink) = sink_progress {
+                return Err(PipelineError::StateLost { sink });
+            }
+            needs_backfill = true;
+        }
+    }
     let mut p = Pipeline::new(store, settings, sink)?;
-    p.sink_progress = p
-        .sink
-        .progress()
-        .await
-        .map_err(PipelineError::SinkProgress)?;
+    p.sink_progress = sink_progress;
+    if needs_backfill {
+        let (store, engine) = (p.store.clone(), &mut p.engine);
+        p.summary.backfilled_rows = backfill::run(source, &store, engine).await?.rows;
+    }
+    match p
+        .store
+        .meta::<String>(SYSTEM_ID)
+        .map_err(state_err(Lsn::ZERO))?
+    {
+        Some(state) if state != server_id => {
+            return Err(PipelineError::OtherCluster {
+                state,
+                server: server_id,
+            })
+        }
+        _ => {}
+    }
+    let slot = setup::slot_info(&sql, &source.slot).await?;
+    let resync = p
+        .store
+        .meta::<bool>(RESYNC_SINK)
+        .map_err(state_err(Lsn::ZERO))?
+        .unwrap_or(false);
     let sink_written = p
         .store
         .meta::<bool>(SINK_WRITTEN)
-        .map_err(|source| PipelineError::State {
-            lsn: Lsn::ZERO,
-            source,
-        })?
+        .map_err(state_err(Lsn::ZERO))?
         .unwrap_or(false);
     let start = resume_point(
         &source.slot,
         p.store.applied_lsn(),
-        sink_written,
-        p.sink_progress,
+        sink_written || resync,
+        if resync {
+            p.store.applied_lsn()
+        } else {
+            p.sink_progress
+        },
         slot.confirmed_flush,
     )?;
-    if p.store.applied_lsn().is_none() {
-        // Anchor a new state at the slot's position before anything reaches the
-        // sink, so a crash during the first batch resumes instead of looking
-        // like a lost state.
-        let store = &p.store;
-        blocking(|| store.commit(raa_state::Batch::default(), start))
-            .map_err(|source| PipelineError::State { lsn: start, source })?;
+    if resync {
+        p.resync(start).await?;
+    }
+    p.system_id = server_id;
+    if let Some(c) = &opts.checkpoints {
+        p.checkpointed = c.share.newest_lsn()?;
     }
     p.durable = start;
     p.failpoint = opts.failpoint;
-    let target = if opts.until_caught_up {
-        Some(setup::current_wal_lsn(&sql).await?)
+    p.ack_policy = opts.checkpoints.as_ref().map(|c| c.ack);
+    let target = if opts.until_caught_up || opts.stop_at.is_some() {
+        let now = setup::current_wal_lsn(&sql).await?;
+        Some(opts.stop_at.map_or(now, |s| s.min(now)))
     } else {
         None
     };
     drop(sql);
     tracing::info!(%start, target = ?target.map(|t| t.to_string()), slot = %source.slot, "streaming");
-    let mut stream = source::stream::start(source, start).await?;
+    let mut stream = source::stream::start(source, start, p.ack_position()).await?;
     let result = p.drive(&mut stream, &opts, target, &mut shutdown).await;
     stream.stop().await;
     result?;
@@ -247,6 +351,13 @@ struct Pipeline<S> {
     failpoint: Option<Failpoint>,
     /// Sink commits in this run (the failpoint counts these).
     sink_commits: u64,
+    /// The source cluster's identifier, recorded in checkpoints.
+    system_id: String,
+    /// The newest checkpoint on the share, and when this run wrote one.
+    checkpointed: Option<Lsn>,
+    last_checkpoint: Option<Instant>,
+    /// `None`: no share; acknowledge what is durable locally.
+    ack_policy: Option<AckPolicy>,
 }
 
 impl<S: Sink> Pipeline<S> {
@@ -269,6 +380,10 @@ impl<S: Sink> Pipeline<S> {
             summary: Summary::default(),
             failpoint: None,
             sink_commits: 0,
+            system_id: String::new(),
+            checkpointed: None,
+            last_checkpoint: None,
+            ack_policy: None,
         })
     }
 
@@ -284,8 +399,13 @@ impl<S: Sink> Pipeline<S> {
         enum Step {
             Shutdown,
             Deadline,
+            CheckpointRequest,
             Event(Option<Result<SourceEvent, StreamError>>),
         }
+        let mut usr1 = match &opts.checkpoints {
+            Some(_) => checkpoint_requests(),
+            None => None,
+        };
         loop {
             if target.is_some_and(|t| self.durable >= t) {
                 return Ok(());
@@ -297,18 +417,28 @@ impl<S: Sink> Pipeline<S> {
                 biased;
                 _ = shutdown.wait() => Step::Shutdown,
                 _ = sleep_until(deadline), if deadline.is_some() => Step::Deadline,
+                _ = recv_signal(&mut usr1), if usr1.is_some() => Step::CheckpointRequest,
                 ev = stream.events.recv() => Step::Event(ev),
             };
             match step {
                 Step::Shutdown => {
                     self.flush(stream).await?;
+                    self.checkpoint(opts, stream, false)?;
                     tracing::info!(durable = %self.durable, "stopped");
                     return Ok(());
                 }
                 Step::Deadline => self.flush(stream).await?,
+                Step::CheckpointRequest => {
+                    self.flush(stream).await?;
+                    self.checkpoint(opts, stream, true)?;
+                }
                 Step::Event(None) => return Err(StreamError::Ended.into()),
                 Step::Event(Some(Err(e))) => return Err(e.into()),
                 Step::Event(Some(Ok(SourceEvent::Txn(txn)))) => {
+                    if opts.stop_at.is_some_and(|s| txn.end_lsn > s) {
+                        self.flush(stream).await?;
+                        return Ok(());
+                    }
                     self.apply(&txn)?;
                     if self.work.changes >= opts.batch_changes {
                         self.flush(stream).await?;
@@ -325,7 +455,65 @@ impl<S: Sink> Pipeline<S> {
                     }
                 }
             }
+            self.checkpoint(opts, stream, false)?;
         }
+    }
+
+    /// The position the server may discard WAL up to: what is durable here,
+    /// or with [`AckPolicy::Checkpointed`] what the newest checkpoint covers.
+    fn ack_position(&self) -> Lsn {
+        match self.ack_policy {
+            Some(AckPolicy::Checkpointed) => {
+                self.durable.min(self.checkpointed.unwrap_or_default())
+            }
+            _ => self.durable,
+        }
+    }
+
+    /// Writes a checkpoint to the share when one is due (or `now`): between
+    /// batches, so the state is not changing under it.
+    fn checkpoint(
+        &mut self,
+        opts: &Options,
+        stream: &StreamHandle,
+        now: bool,
+    ) -> Result<(), PipelineError> {
+        let Some(c) = &opts.checkpoints else {
+            return Ok(());
+        };
+        let due = self
+            .last_checkpoint
+            .is_none_or(|t| t.elapsed() >= c.interval);
+        if !(now || due) || self.checkpointed.is_some_and(|l| l >= self.durable) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (store, id) = (&self.store, &self.system_id);
+        let info = blocking(|| c.share.write(store, id))?;
+        self.checkpointed = Some(info.lsn);
+        self.last_checkpoint = Some(Instant::now());
+        tracing::info!(lsn = %info.lsn, entries = info.entries, ms = started.elapsed().as_millis() as u64, "checkpoint written to the share");
+        stream.ack(self.ack_position());
+        Ok(())
+    }
+
+    /// Rewrites the sink from the whole state (after a backfill).
+    async fn resync(&mut self, lsn: Lsn) -> Result<(), PipelineError> {
+        let engine = &self.engine;
+        let rows = blocking(|| engine.all_rows())
+            .map_err(|source| PipelineError::Finish { lsn, source })?;
+        tracing::info!(rows = rows.len(), %lsn, "writing the whole state to the aggregate tables");
+        self.sink
+            .replace_all(lsn, &rows)
+            .await
+            .map_err(|source| PipelineError::Resync { lsn, source })?;
+        self.sink_progress = Some(lsn);
+        let state_err = |source| PipelineError::State { lsn, source };
+        let mut done = Batch::default();
+        done.put_meta(RESYNC_SINK, &false).map_err(state_err)?;
+        done.put_meta(SINK_WRITTEN, &true).map_err(state_err)?;
+        let store = &self.store;
+        blocking(|| store.commit(done, lsn)).map_err(state_err)
     }
 
     fn apply(&mut self, txn: &Transaction) -> Result<(), PipelineError> {
@@ -384,8 +572,25 @@ impl<S: Sink> Pipeline<S> {
         self.summary.durable = end;
         self.summary.batches += 1;
         self.last_commit = Instant::now();
-        stream.ack(end);
+        stream.ack(self.ack_position());
         Ok(())
+    }
+}
+
+/// SIGUSR1 asks a running raa for a checkpoint now (`raa checkpoint` sends it).
+fn checkpoint_requests() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::user_defined1())
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for checkpoint requests"))
+        .ok()
+}
+
+async fn recv_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

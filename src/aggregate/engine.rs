@@ -577,6 +577,37 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Every output row the state holds, for a full rewrite of the sink
+    /// (after a backfill, or when the aggregate tables were reset).
+    pub fn all_rows(&self) -> Result<Vec<OutputRow>, AggregateError> {
+        let mut rows = Vec::new();
+        for item in self.store.scan::<Accum>(Space::Accum, &[]) {
+            let (k, acc) = item?;
+            let key = AccumKey::decode(&k).ok_or(AggregateError::CorruptKey {
+                what: "accumulator",
+            })?;
+            let family =
+                FAMILIES
+                    .get(usize::from(key.family))
+                    .ok_or(AggregateError::CorruptKey {
+                        what: "accumulator",
+                    })?;
+            let Some(values) = acc.output(family) else {
+                continue;
+            };
+            rows.push(OutputRow {
+                family: key.family,
+                level: key.level,
+                bucket: key.bucket,
+                group: key.group,
+                values: Some(values),
+            });
+        }
+        Ok(rows)
+    }
+}
+
 /// The dimensions a fact table is indexed by: every one a family of it reads.
 fn index_dims(table: Table) -> Vec<Dim> {
     let mut out: Vec<Dim> = FAMILIES

@@ -124,6 +124,37 @@ pub struct AccumKey {
     pub group: Vec<Option<i64>>,
 }
 
+impl AccumKey {
+    /// Decodes a key returned by a scan of [`Space::Accum`].
+    pub fn decode(bytes: &[u8]) -> Option<AccumKey> {
+        let family = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?);
+        let code = *bytes.get(2)?;
+        let level = Level::ALL.into_iter().find(|&l| level_code(l) == code)?;
+        let bucket = get_i64(bytes.get(3..)?)?;
+        let mut rest = bytes.get(11..)?;
+        let mut group = Vec::new();
+        while let Some((&tag, tail)) = rest.split_first() {
+            match tag {
+                0 => {
+                    group.push(None);
+                    rest = tail;
+                }
+                1 => {
+                    group.push(Some(get_i64(tail)?));
+                    rest = tail.get(8..)?;
+                }
+                _ => return None,
+            }
+        }
+        Some(AccumKey {
+            family,
+            level,
+            bucket,
+            group,
+        })
+    }
+}
+
 impl StateKey for AccumKey {
     const SPACE: Space = Space::Accum;
     fn encode_key(&self, out: &mut Vec<u8>) {
@@ -160,6 +191,17 @@ mod tests {
             let kb = FactKey { table: Table::Irf, key: RowKey(b) };
             prop_assert_eq!(enc(&ka).cmp(&enc(&kb)), a.cmp(&b));
             prop_assert_eq!(FactKey::decode_key(&enc(&ka)), Some(RowKey(a)));
+        }
+
+        #[test]
+        fn accum_key_round_trips(
+            family in 0_u16..8,
+            level in 0_usize..7,
+            bucket in any::<i64>(),
+            group in proptest::collection::vec(proptest::option::of(any::<i64>()), 0..6),
+        ) {
+            let key = AccumKey { family, level: Level::ALL[level], bucket, group };
+            prop_assert_eq!(AccumKey::decode(&enc(&key)), Some(key));
         }
 
         #[test]

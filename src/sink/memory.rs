@@ -40,4 +40,10 @@ impl Sink for MemorySink {
         self.batches += 1;
         Ok(())
     }
+
+    async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
+        self.rows.clear();
+        self.progress = None;
+        self.write(lsn, rows).await
+    }
 }

@@ -49,4 +49,9 @@ pub trait Sink {
 
     /// Writes `rows` and records `lsn` as progress, atomically and durably.
     async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError>;
+
+    /// Replaces the whole content of the aggregate tables with `rows` (all
+    /// upserts) and records `lsn`, in one transaction: after a backfill, the
+    /// state holds rows no batch ever wrote.
+    async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError>;
 }

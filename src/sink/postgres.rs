@@ -195,6 +195,24 @@ impl Sink for PgSink {
     }
 
     async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
+        self.write_in(lsn, rows, false).await
+    }
+
+    async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
+        self.write_in(lsn, rows, true).await
+    }
+}
+
+impl PgSink {
+    /// One sink transaction; with `replace`, the aggregate tables are emptied
+    /// first (DELETE, not TRUNCATE: GCXI readers keep seeing the old rows
+    /// until the commit instead of waiting on a lock).
+    async fn write_in(
+        &mut self,
+        lsn: Lsn,
+        rows: &[OutputRow],
+        replace: bool,
+    ) -> Result<(), SinkError> {
         let mut upserts: HashMap<(u16, Level), Columns> = HashMap::new();
         let mut deletes: HashMap<(u16, Level, NullMask), Columns> = HashMap::new();
         for row in rows {
@@ -224,6 +242,19 @@ impl Sink for PgSink {
             }
         }
         let tx = self.client.transaction().await.map_err(sql_err("begin"))?;
+        if replace {
+            let mut tables: Vec<String> = self
+                .upserts
+                .keys()
+                .map(|&(f, l)| FAMILIES[usize::from(f)].table_name(l))
+                .collect();
+            tables.sort();
+            for table in tables {
+                tx.batch_execute(&format!("DELETE FROM {table}"))
+                    .await
+                    .map_err(sql_err(format!("empty {table}")))?;
+            }
+        }
         for ((family, level), cols) in &upserts {
             let Some(stmt) = self.upserts.get(&(*family, *level)) else {
                 continue;

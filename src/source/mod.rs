@@ -1,11 +1,14 @@
 //! Source: the Info Mart database as a stream of committed transactions.
 //!
 //! - [`setup`] checks the server and creates raa's publication and slot.
+//! - [`snapshot`] creates the slot with an exported snapshot and reads the
+//!   facts as of its consistent point, for the initial backfill.
 //! - [`stream`] runs the logical replication connection (pgwire-replication,
 //!   `pgoutput` v1) and decodes it into [`crate::decode::Transaction`]s; it is
 //!   the one place that acknowledges positions to the server.
 
 pub mod setup;
+pub mod snapshot;
 pub mod stream;
 
 use std::fmt;
@@ -85,7 +88,7 @@ impl SourceConfig {
     }
 
     /// The replication connection settings for pgwire-replication.
-    fn replication(&self) -> pgwire_replication::ReplicationConfig {
+    pub(crate) fn replication(&self) -> pgwire_replication::ReplicationConfig {
         let host = match self.pg.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             Some(Host::Unix(p)) => p.to_string_lossy().into_owned(),

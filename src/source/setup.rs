@@ -32,14 +32,22 @@ pub enum SetupError {
     #[error("replication slot {slot} belongs to database {database}, not this one")]
     WrongDatabase { slot: String, database: String },
     #[error(
-        "replication slot {0} does not exist: run `raa init` first (it creates the slot and publication)"
+        "replication slot {0} does not exist, but the state directory holds a state that streamed \
+         from it: the slot was dropped and the WAL since the state is gone. Rebuild: stop raa, \
+         empty the state directory and delete this slot's row from raa_progress; the next start \
+         backfills from a new slot"
     )]
     NoSlot(String),
     #[error(
-        "replication slot {slot} was invalidated (wal_status = lost): the WAL raa needed is gone. \
-         Drop the slot, run `raa init`, and rebuild the aggregates from an empty state directory"
+        "replication slot {slot} was invalidated (wal_status = lost): the WAL raa needed is gone \
+         (max_slot_wal_keep_size?). Rebuild: stop raa, empty the state directory and delete this \
+         slot's row from raa_progress; the next start drops the slot and backfills from a new one"
     )]
     SlotLost { slot: String },
+    #[error(
+        "replication slot {0} is in use by another session: is another raa running for this slot?"
+    )]
+    SlotActive(String),
     #[error("replication slot {slot} reports an unreadable position {text:?}")]
     BadLsn { slot: String, text: String },
 }
@@ -91,12 +99,36 @@ pub async fn check_server(client: &Client) -> Result<(), SetupError> {
     Ok(())
 }
 
-/// Creates the publication (or adds tables missing from it) and the slot.
-pub async fn create_objects(
-    client: &Client,
-    slot: &str,
-    publication: &str,
-) -> Result<(), SetupError> {
+/// Drops `slot` if it exists and no session uses it: a new state starts with
+/// a new slot, whose exported snapshot it backfills from.
+pub async fn drop_slot_if_exists(client: &Client, slot: &str) -> Result<(), SetupError> {
+    let row = client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(sql("looking up the slot"))?;
+    match row.map(|r| r.get::<_, bool>(0)) {
+        None => Ok(()),
+        Some(true) => Err(SetupError::SlotActive(slot.to_owned())),
+        Some(false) => {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(sql("dropping the replication slot"))?;
+            tracing::info!(
+                slot,
+                "dropped the previous replication slot of an empty state"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Creates the publication, or adds the tables missing from it. The slot is
+/// created by the first `raa run`, which backfills from its snapshot.
+pub async fn create_publication(client: &Client, publication: &str) -> Result<(), SetupError> {
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -142,53 +174,17 @@ pub async fn create_objects(
             tracing::info!(publication, tables = ?missing, "added tables to publication");
         }
     }
-    let slot_row = client
-        .query_opt(
-            "SELECT plugin::text, database::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(sql("looking up the slot"))?;
-    match slot_row {
-        None => {
-            client
-                .query_one(
-                    "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                    &[&slot],
-                )
-                .await
-                .map_err(sql("creating the replication slot"))?;
-            tracing::info!(slot, "created replication slot");
-        }
-        Some(row) => {
-            let (plugin, database): (String, String) = (row.get(0), row.get(1));
-            if plugin != "pgoutput" {
-                return Err(SetupError::WrongPlugin {
-                    slot: slot.to_owned(),
-                    plugin,
-                });
-            }
-            let current: String = client
-                .query_one("SELECT current_database()::text", &[])
-                .await
-                .map_err(sql("reading the database name"))?
-                .get(0);
-            if database != current {
-                return Err(SetupError::WrongDatabase {
-                    slot: slot.to_owned(),
-                    database,
-                });
-            }
-        }
-    }
     Ok(())
 }
 
-/// The slot's acknowledged position and state; refuses a missing or lost slot.
+/// The slot's acknowledged position and state; refuses a missing, lost or
+/// foreign (other plugin, other database) slot.
 pub async fn slot_info(client: &Client, slot: &str) -> Result<SlotInfo, SetupError> {
     let row = client
         .query_opt(
-            "SELECT confirmed_flush_lsn::text, active, coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT confirmed_flush_lsn::text, active, coalesce(wal_status, ''), plugin::text, \
+             database::text = current_database(), database::text \
+             FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -196,6 +192,20 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<SlotInfo, SetupErr
         .ok_or_else(|| SetupError::NoSlot(slot.to_owned()))?;
     let (text, active, status): (Option<String>, bool, String) =
         (row.get(0), row.get(1), row.get(2));
+    let (plugin, here, database): (Option<String>, Option<bool>, Option<String>) =
+        (row.get(3), row.get(4), row.get(5));
+    if plugin.as_deref() != Some("pgoutput") {
+        return Err(SetupError::WrongPlugin {
+            slot: slot.to_owned(),
+            plugin: plugin.unwrap_or_else(|| "none (physical)".into()),
+        });
+    }
+    if here != Some(true) {
+        return Err(SetupError::WrongDatabase {
+            slot: slot.to_owned(),
+            database: database.unwrap_or_default(),
+        });
+    }
     if status == "lost" {
         return Err(SetupError::SlotLost {
             slot: slot.to_owned(),

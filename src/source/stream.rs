@@ -73,12 +73,12 @@ impl StreamHandle {
     }
 }
 
-/// Starts streaming from `start`, acknowledging `start` until told otherwise.
-pub async fn start(cfg: &SourceConfig, start: Lsn) -> Result<StreamHandle, StreamError> {
+/// Starts streaming from `start`, acknowledging `ack` until told otherwise.
+pub async fn start(cfg: &SourceConfig, start: Lsn, ack: Lsn) -> Result<StreamHandle, StreamError> {
     let repl = cfg
         .replication()
         .with_start_lsn(pgwire_replication::Lsn(start.0))
-        .with_ack_lsn(pgwire_replication::Lsn(start.0))
+        .with_ack_lsn(pgwire_replication::Lsn(ack.0))
         .with_status_interval(Duration::from_secs(1))
         .with_wakeup_interval(Duration::from_secs(5));
     let mut client = ReplicationClient::connect(repl)
@@ -89,7 +89,7 @@ pub async fn start(cfg: &SourceConfig, start: Lsn) -> Result<StreamHandle, Strea
         .await
         .map_err(StreamError::Replication)?;
     let (tx, events) = mpsc::channel(256);
-    let (ack, ack_rx) = watch::channel(start);
+    let (ack, ack_rx) = watch::channel(ack);
     let task = tokio::spawn(async move {
         let result = pump(&mut client, &tx, ack_rx).await;
         client.stop();

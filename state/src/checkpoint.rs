@@ -148,14 +148,14 @@ where
     out.write_all(&n.to_be_bytes()).map_err(io_err("write"))?;
     let crc = out.crc.clone().finalize();
     let mut inner = out.inner;
-    inner.write_all(&crc.to_be_bytes()).map_err(io_err("write"))?;
-    let file = inner
-        .into_inner()
-        .map_err(|e| CheckpointError::Io {
-            path: path.to_owned(),
-            op: "write",
-            source: e.into_error(),
-        })?;
+    inner
+        .write_all(&crc.to_be_bytes())
+        .map_err(io_err("write"))?;
+    let file = inner.into_inner().map_err(|e| CheckpointError::Io {
+        path: path.to_owned(),
+        op: "write",
+        source: e.into_error(),
+    })?;
     file.sync_all().map_err(io_err("fsync"))?;
     drop(file);
     std::fs::rename(tmp, path).map_err(io_err("rename"))?;
@@ -228,11 +228,14 @@ pub(crate) fn read(
         return Err(corrupt("checksum mismatch".into()));
     }
     let mut rest = [0_u8; 1];
-    if r.inner.read(&mut rest).map_err(|source| CheckpointError::Io {
-        path: path.to_owned(),
-        op: "read",
-        source,
-    })? != 0
+    if r.inner
+        .read(&mut rest)
+        .map_err(|source| CheckpointError::Io {
+            path: path.to_owned(),
+            op: "read",
+            source,
+        })?
+        != 0
     {
         return Err(corrupt("bytes after the checksum".into()));
     }

@@ -534,7 +534,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = filled(&dir.path().join("a"), 1000);
         let file = dir.path().join("c.raa");
-        let info = store.checkpoint(&file, "7123", "raa", 1_700_000_000).unwrap();
+        let info = store
+            .checkpoint(&file, "7123", "raa", 1_700_000_000)
+            .unwrap();
         assert_eq!(info.lsn, Lsn(0x1_0000_0042));
         assert_eq!(checkpoint::read_info(&file).unwrap(), info);
         assert!(!dir.path().join("c.tmp").exists());
@@ -578,7 +580,8 @@ mod tests {
                 matches!(err, CheckpointError::Corrupt { .. }),
                 "{what}: {err}"
             );
-            let target = Store::open(&dir.path().join(format!("t-{}", what.replace(' ', "-")))).unwrap();
+            let target =
+                Store::open(&dir.path().join(format!("t-{}", what.replace(' ', "-")))).unwrap();
             assert!(target.restore(&bad).is_err(), "{what}");
             assert_eq!(target.applied_lsn(), None, "{what}");
             assert!(target.is_empty().unwrap(), "{what}: nothing written");

@@ -103,15 +103,15 @@ impl TestDb {
         connect(&self.url).await
     }
 
-    /// `raa init`: raa's tables, publication and slot.
+    /// `raa init`: raa's tables and publication (the first run creates the slot).
     pub async fn init(&self, settings: &Settings) {
         let c = self.client().await;
         setup::check_server(&c).await.expect("server check");
         c.batch_execute(&ddl(settings)).await.expect("raa ddl");
         let src = self.source();
-        setup::create_objects(&c, &src.slot, &src.publication)
+        setup::create_publication(&c, &src.publication)
             .await
-            .expect("create objects");
+            .expect("create publication");
     }
 
     /// `raa run --until-caught-up` in process, on the state in `state_dir`.

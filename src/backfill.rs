@@ -1,0 +1,197 @@
+//! Initial backfill: the facts that exist before raa's slot, aggregated from
+//! the snapshot exported when the slot was created.
+//!
+//! Why it is exact: the snapshot sees precisely the transactions that commit
+//! before the slot's consistent point, and the slot streams precisely those
+//! after it (see [`crate::source::snapshot`]).
+//!
+//! Why it is restartable: chunks are written to the state without an applied
+//! LSN; only the last write sets it (to the consistent point) together with
+//! [`RESYNC_SINK`]. A crash before that leaves a state without an applied
+//! LSN, which the next start clears and backfills again from a new slot. The
+//! sink is written once, by [`crate::pipeline`], from the whole state.
+
+use crate::aggregate::{AggregateError, Engine, Work};
+use crate::decode::{Change, Transaction};
+use crate::schema::{Table, TABLES};
+use crate::source::snapshot::{self, SnapshotError};
+use crate::source::SourceConfig;
+use futures_util::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use raa_state::{Batch, Lsn, StateError, Store};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+/// State metadata: the sink must be rewritten from the whole state before
+/// streaming (set by a backfill, cleared once the sink holds it).
+pub const RESYNC_SINK: &str = "resync-sink";
+/// State metadata: the source cluster's system identifier.
+pub const SYSTEM_ID: &str = "source-system-id";
+
+/// Rows applied per state write.
+const CHUNK_ROWS: usize = 20_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot connect to the source database for the backfill")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("aggregating {table} rows of the snapshot")]
+    Aggregate {
+        table: &'static str,
+        #[source]
+        source: AggregateError,
+    },
+    #[error("writing the backfilled state")]
+    State(#[from] StateError),
+    #[error("ending the snapshot read")]
+    Finish(#[source] tokio_postgres::Error),
+}
+
+/// What a backfill did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backfilled {
+    /// The slot's consistent point: the state's applied LSN.
+    pub lsn: Lsn,
+    pub rows: u64,
+    pub secs: f64,
+}
+
+/// Creates the slot, aggregates every row of the snapshot into `store`
+/// (which must be empty) and anchors the state at the consistent point.
+pub async fn run(
+    source: &SourceConfig,
+    store: &Store,
+    engine: &mut Engine,
+) -> Result<Backfilled, BackfillError> {
+    let started = Instant::now();
+    let admin = source.connect().await.map_err(BackfillError::Connect)?;
+    let slot = snapshot::create_slot(&admin, source).await?;
+    let reader = source.connect().await.map_err(BackfillError::Connect)?;
+    snapshot::begin(&reader, &slot).await?;
+    // Dimensions first, so facts find theirs on first contribution.
+    let mut order: Vec<_> = TABLES.iter().collect();
+    order.sort_by_key(|s| crate::aggregate::family::Dim::of_table(s.table).is_none());
+    let mut total = 0;
+    for spec in &order {
+        total += snapshot::count(&reader, spec).await?;
+    }
+    let progress = Progress::new(total);
+    let mut rows = 0_u64;
+    for spec in order {
+        let table = spec.table;
+        let mut stream = Box::pin(snapshot::rows(&reader, spec).await?);
+        let mut changes = Vec::with_capacity(CHUNK_ROWS);
+        while let Some(tuple) = stream.next().await {
+            changes.push(Change::Insert { table, new: tuple? });
+            if changes.len() == CHUNK_ROWS {
+                apply_chunk(store, engine, table, std::mem::take(&mut changes))?;
+                rows += CHUNK_ROWS as u64;
+                progress.set(rows);
+            }
+        }
+        rows += changes.len() as u64;
+        apply_chunk(store, engine, table, changes)?;
+        progress.set(rows);
+    }
+    reader
+        .batch_execute("COMMIT")
+        .await
+        .map_err(BackfillError::Finish)?;
+    let mut anchor = Batch::default();
+    anchor.put_meta(RESYNC_SINK, &true)?;
+    anchor.put_meta(SYSTEM_ID, &slot.system_id)?;
+    store.commit(anchor, slot.consistent_point)?;
+    drop(slot);
+    progress.finish();
+    let done = Backfilled {
+        lsn: store.applied_lsn().unwrap_or_default(),
+        rows,
+        secs: started.elapsed().as_secs_f64(),
+    };
+    tracing::info!(rows, secs = format!("{:.1}", done.secs), lsn = %done.lsn, "backfill complete");
+    Ok(done)
+}
+
+fn apply_chunk(
+    store: &Store,
+    engine: &mut Engine,
+    table: Table,
+    changes: Vec<Change>,
+) -> Result<(), BackfillError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let agg = |source| BackfillError::Aggregate {
+        table: table.name(),
+        source,
+    };
+    let txn = Transaction {
+        xid: 0,
+        commit_lsn: Lsn::ZERO,
+        end_lsn: Lsn::ZERO,
+        commit_ts_micros: 0,
+        changes,
+    };
+    let mut work = Work::default();
+    engine.apply(&mut work, &txn).map_err(agg)?;
+    let out = engine.finish(work).map_err(agg)?;
+    store.write_unanchored(out.state)?;
+    Ok(())
+}
+
+/// Progress: a bar (rows, rate, ETA) on a terminal, a log line every few
+/// seconds otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    started: Instant,
+    last_log: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "backfill {bar:40} {human_pos}/{human_len} rows, {per_sec}, ETA {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        tracing::info!(rows = total, "backfilling the facts that predate the slot");
+        Progress {
+            bar,
+            total,
+            started: Instant::now(),
+            last_log: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    fn set(&self, rows: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(rows);
+        } else if self.last_log.get().elapsed() >= Duration::from_secs(5) {
+            self.last_log.set(Instant::now());
+            let secs = self.started.elapsed().as_secs_f64();
+            let rate = rows as f64 / secs.max(1e-9);
+            let eta = self.total.saturating_sub(rows) as f64 / rate.max(1e-9);
+            tracing::info!(
+                rows,
+                total = self.total,
+                rate = format!("{rate:.0}/s"),
+                eta = format!("{eta:.0}s"),
+                "backfill progress"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The GCXI share: checkpoints of the whole state, from which a new pod with
+//! an empty state volume rebuilds (restore, then replay the WAL after it).
+//!
+//! Layout: `<share>/<slot>/checkpoint-<LSN as 16 hex digits>-<unix time>.raa`,
+//! so names sort by LSN. Several raa (one per Info Mart) share one mount, each
+//! under its own slot's directory. The newest `retain` files are kept.
+
+use raa_state::checkpoint::{self, CheckpointError, CheckpointInfo};
+use raa_state::{Lsn, Store};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("share directory {path}: {op} failed")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(
+        "checkpoint {path} was taken from database cluster {found}, but the source is cluster \
+         {expected}: is --share-dir shared with another Info Mart? Give each raa its own slot name"
+    )]
+    OtherCluster {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+}
+
+/// One raa's directory on the share.
+#[derive(Clone, Debug)]
+pub struct Share {
+    dir: PathBuf,
+    slot: String,
+    retain: usize,
+}
+
+impl Share {
+    /// The directory for `slot` under the mounted share `root` (created if missing).
+    pub fn new(root: &Path, slot: &str, retain: usize) -> Result<Share, ShareError> {
+        let dir = root.join(slot);
+        std::fs::create_dir_all(&dir).map_err(|source| ShareError::Io {
+            path: dir.clone(),
+            op: "create",
+            source,
+        })?;
+        Ok(Share {
+            dir,
+            slot: slot.to_owned(),
+            retain: retain.max(1),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Checkpoint files, newest (highest LSN) first.
+    pub fn list(&self) -> Result<Vec<PathBuf>, ShareError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| ShareError::Io {
+            path: self.dir.clone(),
+            op: "list",
+            source,
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("checkpoint-") && n.ends_with(".raa"))
+            })
+            .collect();
+        files.sort();
+        files.reverse();
+        Ok(files)
+    }
+
+    /// Writes a checkpoint of `store` now, then prunes beyond the retention.
+    pub fn write(&self, store: &Store, system_id: &str) -> Result<CheckpointInfo, ShareError> {
+        let lsn = store.applied_lsn().unwrap_or_default();
+        let now = jiff::Timestamp::now().as_second();
+        let path = self
+            .dir
+            .join(format!("checkpoint-{:016X}-{now:010}.raa", lsn.0));
+        let info = store.checkpoint(&path, system_id, &self.slot, now)?;
+        for old in self.list()?.into_iter().skip(self.retain) {
+            if let Err(e) = std::fs::remove_file(&old) {
+                tracing::warn!(file = %old.display(), error = %e, "could not prune an old checkpoint");
+            }
+        }
+        Ok(info)
+    }
+
+    /// The newest checkpoint that verifies, as (file, header); a damaged one
+    /// is logged with the reason and skipped for the one before it.
+    pub fn newest_valid(&self) -> Result<Option<(PathBuf, CheckpointInfo)>, ShareError> {
+        for path in self.list()? {
+            match checkpoint::verify(&path) {
+                Ok(info) => return Ok(Some((path, info))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "refusing a checkpoint; trying the one before it")
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The LSN of the newest checkpoint by name (not verified): for the
+    /// acknowledgement policy at start.
+    pub fn newest_lsn(&self) -> Result<Option<Lsn>, ShareError> {
+        Ok(self.list()?.first().and_then(|p| {
+            let name = p.file_name()?.to_str()?;
+            let hex = name.strip_prefix("checkpoint-")?.get(..16)?;
+            u64::from_str_radix(hex, 16).ok().map(Lsn)
+        }))
+    }
+
+    /// Restores the newest valid checkpoint into the empty `store`, refusing
+    /// one taken from another database cluster.
+    pub fn restore_newest(
+        &self,
+        store: &Store,
+        system_id: &str,
+    ) -> Result<Option<CheckpointInfo>, ShareError> {
+        let Some((path, info)) = self.newest_valid()? else {
+            return Ok(None);
+        };
+        if info.system_id != system_id {
+            return Err(ShareError::OtherCluster {
+                path,
+                found: info.system_id,
+                expected: system_id.to_owned(),
+            });
+        }
+        let restored = store.restore(&path)?;
+        tracing::info!(file = %path.display(), lsn = %restored.lsn, entries = restored.entries, "restored the state from a checkpoint");
+        Ok(Some(restored))
+    }
+}

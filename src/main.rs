@@ -7,7 +7,8 @@ use raa::aggregate::Settings;
 use raa::embedded::EmbeddedPostgres;
 use raa::loadgen::Generator;
 use raa::ops::shutdown::Shutdown;
-use raa::pipeline::{self, Options};
+use raa::pipeline::{self, AckPolicy, Checkpoints, Options};
+use raa::share::Share;
 use raa::sink::{postgres::ddl, PgSink};
 use raa::source::{setup, SourceConfig};
 use std::path::PathBuf;
@@ -94,6 +95,44 @@ struct RunArgs {
     /// End a sink batch at most this many milliseconds after it started.
     #[arg(long, env = "RAA_BATCH_DELAY_MS", default_value_t = 200)]
     batch_delay_ms: u64,
+    #[command(flatten)]
+    share: ShareArgs,
+}
+
+#[derive(Args, Clone, Default)]
+struct ShareArgs {
+    /// The mounted GCXI share: checkpoints of the state go to <share-dir>/<slot>/.
+    #[arg(long, env = "RAA_SHARE_DIR")]
+    share_dir: Option<PathBuf>,
+    /// Seconds between checkpoints.
+    #[arg(long, env = "RAA_CHECKPOINT_INTERVAL_SECS", default_value_t = 900)]
+    checkpoint_interval_secs: u64,
+    /// Checkpoints kept on the share (newest first).
+    #[arg(long, env = "RAA_CHECKPOINT_RETAIN", default_value_t = 3)]
+    checkpoint_retain: usize,
+    /// How far the slot is acknowledged: "durable" (the local state) or
+    /// "checkpointed" (the newest checkpoint on the share; the default with --share-dir).
+    #[arg(long, env = "RAA_ACK_POLICY")]
+    ack_policy: Option<AckPolicy>,
+}
+
+impl ShareArgs {
+    fn checkpoints(&self, slot: &str) -> Result<Option<Checkpoints>> {
+        let Some(dir) = &self.share_dir else {
+            if self.ack_policy == Some(AckPolicy::Checkpointed) {
+                bail!("ack_policy: \"checkpointed\" needs --share-dir (RAA_SHARE_DIR)");
+            }
+            return Ok(None);
+        };
+        if self.checkpoint_interval_secs == 0 {
+            bail!("checkpoint_interval_secs: must be at least 1");
+        }
+        Ok(Some(Checkpoints {
+            share: Share::new(dir, slot, self.checkpoint_retain)?,
+            interval: Duration::from_secs(self.checkpoint_interval_secs),
+            ack: self.ack_policy.unwrap_or(AckPolicy::Checkpointed),
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -113,6 +152,36 @@ enum Command {
         agg: AggArgs,
         #[command(flatten)]
         run: RunArgs,
+    },
+    /// Write a checkpoint of the state to the share now (asks a running raa to, if one holds the state).
+    Checkpoint {
+        #[arg(long, env = "RAA_SLOT", default_value = "raa")]
+        slot: String,
+        #[arg(long, env = "RAA_STATE_DIR", default_value = "raa-state")]
+        state_dir: PathBuf,
+        #[arg(long, env = "RAA_SHARE_DIR")]
+        share_dir: PathBuf,
+        #[arg(long, env = "RAA_CHECKPOINT_RETAIN", default_value_t = 3)]
+        checkpoint_retain: usize,
+    },
+    /// Replay the WAL after a checkpoint into a scratch state, without touching the aggregate tables.
+    Replay {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        agg: AggArgs,
+        /// The checkpoint file to start from.
+        #[arg(long)]
+        from_checkpoint: PathBuf,
+        /// Stop before the first transaction that ends past this LSN (default: now).
+        #[arg(long)]
+        to_lsn: Option<raa::Lsn>,
+        /// Keep the scratch state here (an empty or new directory) instead of a temporary one.
+        #[arg(long)]
+        scratch_dir: Option<PathBuf>,
+        /// Write the replayed aggregate rows to this CSV file.
+        #[arg(long)]
+        dump: Option<PathBuf>,
     },
     /// Recompute the aggregates from the facts in SQL and diff; exits 1 on any difference.
     Verify {
@@ -174,6 +243,39 @@ async fn dispatch(command: Command) -> Result<i32> {
                 .map(|_| 0)
         }
         Command::Verify { source, agg } => verify(&source.config()?, &agg.settings()).await,
+        Command::Checkpoint {
+            slot,
+            state_dir,
+            share_dir,
+            checkpoint_retain,
+        } => {
+            let share = Share::new(&share_dir, &slot, checkpoint_retain)?;
+            raa::share::checkpoint_now(&state_dir, &share).await?;
+            Ok(0)
+        }
+        Command::Replay {
+            source,
+            agg,
+            from_checkpoint,
+            to_lsn,
+            scratch_dir,
+            dump,
+        } => {
+            let report = raa::replay::replay(
+                &source.config()?,
+                &agg.settings(),
+                &from_checkpoint,
+                to_lsn,
+                scratch_dir.as_deref(),
+            )
+            .await?;
+            println!("{report}");
+            if let Some(path) = dump {
+                report.dump_csv(&path)?;
+                eprintln!("wrote {} rows to {}", report.rows.len(), path.display());
+            }
+            Ok(0)
+        }
         Command::Ddl { agg } => {
             print!("{}", ddl(&agg.settings()));
             Ok(0)
@@ -242,7 +344,9 @@ async fn run_pipeline(
 ) -> Result<pipeline::Summary> {
     std::fs::create_dir_all(&run.state_dir)
         .with_context(|| format!("creating the state directory {}", run.state_dir.display()))?;
+    let checkpoints = run.share.checkpoints(&source.slot)?;
     let store = Arc::new(raa_state::Store::open(&run.state_dir)?);
+    raa::share::write_pid_file(&run.state_dir)?;
     let client = source.connect().await.context("connecting to the sink")?;
     let sink = PgSink::new(client, &source.slot, settings)
         .await
@@ -251,10 +355,11 @@ async fn run_pipeline(
         batch_changes: run.batch_changes,
         batch_delay: Duration::from_millis(run.batch_delay_ms),
         until_caught_up: run.until_caught_up,
+        checkpoints,
         ..Options::default()
     };
     let started = Instant::now();
-    let summary = pipeline::run(source, store, settings.clone(), sink, opts, shutdown).await?;
+    let summary = run_with_retry(source, settings, store, opts, sink, shutdown).await?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "applied {} transactions ({} row changes) in {} batches, {:.1}s ({:.0} changes/s); durable at {}",
@@ -268,6 +373,60 @@ async fn run_pipeline(
     Ok(summary)
 }
 
+/// Runs the pipeline, restarting it after transient failures (server
+/// restart, cut connection, failed sink commit, full disk) with exponential
+/// backoff; a definite failure ends the run with its explanation.
+async fn run_with_retry(
+    source: &SourceConfig,
+    settings: &Settings,
+    store: Arc<raa_state::Store>,
+    opts: Options,
+    sink: PgSink,
+    mut shutdown: Shutdown,
+) -> Result<pipeline::Summary> {
+    let mut sink = Some(sink);
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let sink = match sink.take() {
+            Some(s) => Ok(s),
+            None => match source.connect().await {
+                Ok(c) => PgSink::new(c, &source.slot, settings).await,
+                Err(e) => Err(raa::sink::SinkError::Connect(e)),
+            },
+        };
+        let run = match sink {
+            Ok(sink) => {
+                let started = Instant::now();
+                let run = pipeline::run(
+                    source,
+                    store.clone(),
+                    settings.clone(),
+                    sink,
+                    opts.clone(),
+                    shutdown.clone(),
+                )
+                .await;
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_secs(1);
+                }
+                run
+            }
+            Err(e) => Err(pipeline::PipelineError::SinkProgress(e)),
+        };
+        match run {
+            Ok(summary) => return Ok(summary),
+            Err(e) if e.is_transient() && !shutdown.is_triggered() => {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), retry_in_s = backoff.as_secs(), "transient failure: restarting the pipeline");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => return Ok(pipeline::Summary::default()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 async fn verify(source: &SourceConfig, settings: &Settings) -> Result<i32> {
     let client = source.connect().await.context("connecting to the source")?;
     let diffs = raa::verify::verify(&client, settings).await?;
@@ -310,6 +469,7 @@ async fn demo(rows: usize) -> Result<i32> {
         until_caught_up: true,
         batch_changes: 50_000,
         batch_delay_ms: 200,
+        share: ShareArgs::default(),
     };
     let mut g = Generator::new(7, default_day());
     g.truncate = false;

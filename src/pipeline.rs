@@ -180,6 +180,65 @@ pub enum PipelineError {
     },
 }
 
+impl PipelineError {
+    /// Whether running again later can succeed by itself (the server
+    /// restarting, a cut connection, a failed sink commit, a full disk), as
+    /// opposed to a situation an operator must resolve. A run that failed
+    /// transiently is restarted from scratch: state, sink and slot positions
+    /// are re-read, so nothing in memory is trusted after an error.
+    pub fn is_transient(&self) -> bool {
+        use PipelineError as E;
+        match self {
+            E::Stream(StreamError::Replication(e))
+            | E::Identify(SnapshotError::Replication { source: e, .. }) => replication_transient(e),
+            E::Stream(StreamError::Ended) => true,
+            E::Setup(SetupError::Sql { .. } | SetupError::SlotActive(_)) => true,
+            E::Connect(_) => true,
+            E::Sink { source, .. } | E::SinkProgress(source) | E::Resync { source, .. } => {
+                !matches!(
+                    source,
+                    SinkError::ProgressRegressed { .. } | SinkError::BadProgress { .. }
+                )
+            }
+            E::State { source, .. } => matches!(source, StateError::Io { .. }),
+            E::Aggregate { source, .. } | E::Finish { source, .. } => {
+                matches!(source, AggregateError::State(StateError::Io { .. }))
+            }
+            E::Backfill(b) => match b {
+                BackfillError::Connect(_) | BackfillError::Finish(_) => true,
+                BackfillError::Snapshot(SnapshotError::Replication { source, .. }) => {
+                    replication_transient(source)
+                }
+                BackfillError::Snapshot(SnapshotError::Read { .. }) => true,
+                BackfillError::State(StateError::Io { .. }) => true,
+                _ => false,
+            },
+            E::Share(ShareError::Io { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
+/// I/O failures, and the server errors of a restart or of a slot still held
+/// by the session of a process that just died.
+fn replication_transient(e: &pgwire_replication::PgWireError) -> bool {
+    if e.is_transient() {
+        return true;
+    }
+    let text = e.to_string();
+    [
+        "55006",
+        "57P01",
+        "57P02",
+        "57P03",
+        "is active for PID",
+        "shutting down",
+        "starting up",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
+}
+
 /// What a run did, and where its time went.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {

@@ -141,3 +141,90 @@ impl Share {
         Ok(Some(restored))
     }
 }
+
+/// The file in the state directory naming the process that holds it, so
+/// `raa checkpoint` can ask that process for a checkpoint.
+const PID_FILE: &str = "raa.pid";
+
+/// Records this process as the holder of `state_dir` (call once the store is open).
+pub fn write_pid_file(state_dir: &Path) -> Result<(), ShareError> {
+    let path = state_dir.join(PID_FILE);
+    std::fs::write(&path, format!("{}\n", std::process::id())).map_err(|source| ShareError::Io {
+        path,
+        op: "write the pid file",
+        source,
+    })
+}
+
+/// `raa checkpoint`: writes a checkpoint of the state in `state_dir` now. If a
+/// running raa holds the directory, asks it (SIGUSR1) and waits for the file.
+pub async fn checkpoint_now(
+    state_dir: &Path,
+    share: &Share,
+) -> Result<CheckpointInfo, CheckpointNowError> {
+    match Store::open(state_dir) {
+        Ok(store) => {
+            let id: String = store
+                .meta(crate::backfill::SYSTEM_ID)?
+                .ok_or(CheckpointNowError::Incomplete)?;
+            if store.applied_lsn().is_none() {
+                return Err(CheckpointNowError::Incomplete);
+            }
+            let info = share.write(&store, &id)?;
+            eprintln!(
+                "checkpoint at {} ({} entries) in {}",
+                info.lsn,
+                info.entries,
+                share.dir().display()
+            );
+            Ok(info)
+        }
+        Err(raa_state::StateError::Locked { .. }) => {
+            let pid_path = state_dir.join(PID_FILE);
+            let pid: u32 = std::fs::read_to_string(&pid_path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .ok_or(CheckpointNowError::NoPid(pid_path))?;
+            let before = share.list()?.first().cloned();
+            let status = tokio::process::Command::new("kill")
+                .args(["-USR1", &pid.to_string()])
+                .status()
+                .await
+                .map_err(|e| CheckpointNowError::Signal(pid, e.to_string()))?;
+            if !status.success() {
+                return Err(CheckpointNowError::Signal(pid, status.to_string()));
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+            while std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if let Some(newest) = share.list()?.first() {
+                    if Some(newest) != before.as_ref() {
+                        let info = checkpoint::read_info(newest)?;
+                        eprintln!("raa (pid {pid}) wrote {}", newest.display());
+                        return Ok(info);
+                    }
+                }
+            }
+            Err(CheckpointNowError::Timeout(pid))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointNowError {
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error(transparent)]
+    State(#[from] raa_state::StateError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("the state is incomplete (no backfill finished yet): nothing to checkpoint")]
+    Incomplete,
+    #[error("another process holds the state directory but {0} names none: is raa running?")]
+    NoPid(PathBuf),
+    #[error("asking raa (pid {0}) for a checkpoint failed: {1}")]
+    Signal(u32, String),
+    #[error("raa (pid {0}) wrote no checkpoint within 5 minutes: is it running with --share-dir?")]
+    Timeout(u32),
+}

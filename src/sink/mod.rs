@@ -55,3 +55,18 @@ pub trait Sink {
     /// state holds rows no batch ever wrote.
     async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError>;
 }
+
+/// A borrowed sink is a sink: the caller keeps it to inspect after a run.
+impl<S: Sink> Sink for &mut S {
+    async fn progress(&mut self) -> Result<Option<Lsn>, SinkError> {
+        (**self).progress().await
+    }
+
+    async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
+        (**self).write(lsn, rows).await
+    }
+
+    async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
+        (**self).replace_all(lsn, rows).await
+    }
+}

@@ -64,9 +64,9 @@ pub enum AckPolicy {
     /// Up to what the local state volume holds durably: least WAL kept on the
     /// server, but losing the volume means a rebuild (backfill).
     Durable,
-    /// Only up to the newest checkpoint on the share: a new pod can always
-    /// restore and replay, at the price of keeping the WAL since that
-    /// checkpoint on the server (about one checkpoint interval of it).
+    /// Only up to the oldest checkpoint retained on the share: a new pod can
+    /// restore any of them (the newest that verifies) and replay, at the price
+    /// of keeping about `retain` × `interval` of WAL on the server.
     Checkpointed,
 }
 
@@ -375,7 +375,7 @@ pub async fn run<S: Sink>(
     }
     p.system_id = server_id;
     if let Some(c) = &opts.checkpoints {
-        p.checkpointed = c.share.newest_lsn()?;
+        p.note_checkpoints(&c.share)?;
     }
     p.durable = start;
     p.failpoint = opts.failpoint;
@@ -412,9 +412,12 @@ struct Pipeline<S> {
     sink_commits: u64,
     /// The source cluster's identifier, recorded in checkpoints.
     system_id: String,
-    /// The newest checkpoint on the share, and when this run wrote one.
+    /// The oldest checkpoint retained on the share: with
+    /// [`AckPolicy::Checkpointed`], every retained one stays replayable.
     checkpointed: Option<Lsn>,
-    last_checkpoint: Option<Instant>,
+    /// When the newest checkpoint was written (Unix seconds).
+    last_checkpoint: Option<i64>,
+    newest_checkpoint: Option<Lsn>,
     /// `None`: no share; acknowledge what is durable locally.
     ack_policy: Option<AckPolicy>,
 }
@@ -442,6 +445,7 @@ impl<S: Sink> Pipeline<S> {
             system_id: String::new(),
             checkpointed: None,
             last_checkpoint: None,
+            newest_checkpoint: None,
             ack_policy: None,
         })
     }
@@ -467,6 +471,7 @@ impl<S: Sink> Pipeline<S> {
         };
         loop {
             if target.is_some_and(|t| self.durable >= t) {
+                self.checkpoint(opts, stream, false)?;
                 return Ok(());
             }
             let deadline = self
@@ -518,6 +523,15 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
+    /// Reads the checkpoint positions from the share.
+    fn note_checkpoints(&mut self, share: &Share) -> Result<(), PipelineError> {
+        let positions = share.positions()?;
+        self.newest_checkpoint = positions.first().map(|p| p.0);
+        self.last_checkpoint = positions.first().map(|p| p.1);
+        self.checkpointed = positions.last().map(|p| p.0);
+        Ok(())
+    }
+
     /// The position the server may discard WAL up to: what is durable here,
     /// or with [`AckPolicy::Checkpointed`] what the newest checkpoint covers.
     fn ack_position(&self) -> Lsn {
@@ -540,17 +554,15 @@ impl<S: Sink> Pipeline<S> {
         let Some(c) = &opts.checkpoints else {
             return Ok(());
         };
-        let due = self
-            .last_checkpoint
-            .is_none_or(|t| t.elapsed() >= c.interval);
-        if !(now || due) || self.checkpointed.is_some_and(|l| l >= self.durable) {
+        let age = jiff::Timestamp::now().as_second() - self.last_checkpoint.unwrap_or(i64::MIN / 2);
+        let due = age >= c.interval.as_secs() as i64;
+        if !(now || due) || self.newest_checkpoint >= Some(self.durable) {
             return Ok(());
         }
         let started = Instant::now();
         let (store, id) = (&self.store, &self.system_id);
         let info = blocking(|| c.share.write(store, id))?;
-        self.checkpointed = Some(info.lsn);
-        self.last_checkpoint = Some(Instant::now());
+        self.note_checkpoints(&c.share)?;
         tracing::info!(lsn = %info.lsn, entries = info.entries, ms = started.elapsed().as_millis() as u64, "checkpoint written to the share");
         stream.ack(self.ack_position());
         Ok(())

@@ -109,14 +109,22 @@ impl Share {
         Ok(None)
     }
 
-    /// The LSN of the newest checkpoint by name (not verified): for the
-    /// acknowledgement policy at start.
-    pub fn newest_lsn(&self) -> Result<Option<Lsn>, ShareError> {
-        Ok(self.list()?.first().and_then(|p| {
-            let name = p.file_name()?.to_str()?;
-            let hex = name.strip_prefix("checkpoint-")?.get(..16)?;
-            u64::from_str_radix(hex, 16).ok().map(Lsn)
-        }))
+    /// (LSN, creation time) of each checkpoint by its name, newest first
+    /// (not verified): for the acknowledgement policy and the schedule.
+    pub fn positions(&self) -> Result<Vec<(Lsn, i64)>, ShareError> {
+        Ok(self
+            .list()?
+            .iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let rest = name.strip_prefix("checkpoint-")?.strip_suffix(".raa")?;
+                let (lsn, created) = rest.split_once('-')?;
+                Some((
+                    Lsn(u64::from_str_radix(lsn, 16).ok()?),
+                    created.parse().ok()?,
+                ))
+            })
+            .collect())
     }
 
     /// Restores the newest valid checkpoint into the empty `store`, refusing

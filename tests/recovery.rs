@@ -1,0 +1,145 @@
+//! Checkpoints on the share, `raa checkpoint`, `raa replay` and restoring
+//! past a damaged checkpoint, through the binary as an operator runs it.
+
+mod support;
+
+use raa::aggregate::Settings;
+use raa::loadgen::Generator;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use support::TestDb;
+
+const DAY: i64 = 1_774_569_600;
+
+fn raa(db: &TestDb, state: &Path, share: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_raa"))
+        .args(args)
+        .env("RAA_SOURCE_URL", &db.url)
+        .env("RAA_SLOT", &db.name)
+        .env("RAA_STATE_DIR", state)
+        .env("RAA_SHARE_DIR", share)
+        .env("RAA_CHECKPOINT_RETAIN", "2")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run raa")
+}
+
+fn ok(out: Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{}\n{text}", out.status);
+    text
+}
+
+fn checkpoints(share: &Path, slot: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(share.join(slot))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "raa"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_replay_and_restore_past_a_damaged_checkpoint() {
+    let settings = Settings::default();
+    let db = TestDb::new().await;
+    db.init(&settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, share) = (dir.path().join("state"), dir.path().join("share"));
+    let mut c = db.client().await;
+    let mut g = Generator::new(31, DAY);
+    g.dimensions(&c).await.unwrap();
+    g.day(&mut c, 3_000, 300).await.unwrap();
+
+    let out = ok(raa(&db, &state, &share, &["run", "--until-caught-up"]));
+    assert!(out.contains("backfill complete"), "{out}");
+    let first = checkpoints(&share, &db.name);
+    assert_eq!(first.len(), 1, "a checkpoint after the backfill");
+
+    // The next run is not due for a checkpoint (900 s interval); `raa
+    // checkpoint` makes one now; the one after that keeps streaming.
+    g.chaos(&mut c, 40).await.unwrap();
+    ok(raa(&db, &state, &share, &["run", "--until-caught-up"]));
+    assert_eq!(checkpoints(&share, &db.name), first);
+    let out = ok(raa(&db, &state, &share, &["checkpoint"]));
+    let files = checkpoints(&share, &db.name);
+    assert_eq!(files.len(), 2, "{out}\n{files:?}");
+    g.day(&mut c, 500, 50).await.unwrap();
+    ok(raa(&db, &state, &share, &["run", "--until-caught-up"]));
+    db.assert_verified(&settings).await;
+    // Retention keeps 2: a third checkpoint prunes the oldest.
+    ok(raa(&db, &state, &share, &["checkpoint"]));
+    let files = checkpoints(&share, &db.name);
+    assert_eq!(files.len(), 2);
+    assert!(!files.contains(&first[0]));
+
+    // Replay from the oldest retained checkpoint to now: the scratch result
+    // equals the live tables, which the replay did not touch.
+    let first = files;
+    let progress = "SELECT (lsn - '0/0')::bigint FROM raa_progress";
+    let sink_before = db.count(progress).await;
+    let dump = dir.path().join("replay.csv");
+    let out = ok(raa(
+        &db,
+        &state,
+        &share,
+        &[
+            "replay",
+            "--from-checkpoint",
+            first[0].to_str().unwrap(),
+            "--dump",
+            dump.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("replayed from checkpoint"), "{out}");
+    assert_eq!(
+        db.count(progress).await,
+        sink_before,
+        "replay wrote to the sink"
+    );
+    let replayed: BTreeSet<String> = std::fs::read_to_string(&dump)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("ag2_agent_day,"))
+        .map(str::to_owned)
+        .collect();
+    let live: BTreeSet<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT concat_ws(',', 'ag2_agent_day', t.*) FROM (SELECT * FROM ag2_agent_day) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    assert!(!live.is_empty());
+    assert_eq!(replayed.len(), live.len());
+    assert_eq!(
+        db.count("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'raa_replay_%'")
+            .await,
+        0,
+        "the replay's slot copy is dropped"
+    );
+
+    // A new pod whose newest checkpoint is torn falls back to the one before.
+    let newest = checkpoints(&share, &db.name).pop().unwrap();
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let pod2 = dir.path().join("state-pod2");
+    let out = ok(raa(&db, &pod2, &share, &["run", "--until-caught-up"]));
+    assert!(out.contains("refusing a checkpoint"), "{out}");
+    assert!(
+        out.contains("restored the state from a checkpoint"),
+        "{out}"
+    );
+    db.assert_verified(&settings).await;
+}

@@ -24,6 +24,7 @@ pub mod embedded;
 pub mod loadgen;
 pub mod ops;
 pub mod pipeline;
+pub mod reaggregate;
 pub mod replay;
 pub mod schema;
 pub mod share;

@@ -183,6 +183,21 @@ enum Command {
         #[arg(long)]
         dump: Option<PathBuf>,
     },
+    /// Rebuild a time range from the facts (after changes replication could not see).
+    Reaggregate {
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        agg: AggArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Start of the range: Unix seconds or RFC 3339.
+        #[arg(long, value_parser = raa::reaggregate::parse_time)]
+        from: i64,
+        /// End of the range (exclusive).
+        #[arg(long, value_parser = raa::reaggregate::parse_time)]
+        to: i64,
+    },
     /// Recompute the aggregates from the facts in SQL and diff; exits 1 on any difference.
     Verify {
         #[command(flatten)]
@@ -243,6 +258,13 @@ async fn dispatch(command: Command) -> Result<i32> {
                 .map(|_| 0)
         }
         Command::Verify { source, agg } => verify(&source.config()?, &agg.settings()).await,
+        Command::Reaggregate {
+            source,
+            agg,
+            run,
+            from,
+            to,
+        } => reaggregate(&source, &agg, run, from, to).await,
         Command::Checkpoint {
             slot,
             state_dir,
@@ -371,6 +393,49 @@ async fn run_pipeline(
         summary.durable
     );
     Ok(summary)
+}
+
+/// `raa reaggregate`: leaves the request in the state directory; the raa that
+/// holds it serves it between two batches, or a catch-up run here does.
+async fn reaggregate(
+    source: &SourceArgs,
+    agg: &AggArgs,
+    mut run: RunArgs,
+    from: i64,
+    to: i64,
+) -> Result<i32> {
+    use raa::reaggregate::{request, result, Range};
+    let range = Range::new(from, to)?;
+    std::fs::create_dir_all(&run.state_dir)?;
+    request(&run.state_dir, range)?;
+    match raa_state::Store::open(&run.state_dir) {
+        Ok(store) => {
+            drop(store);
+            run.until_caught_up = true;
+            run_pipeline(
+                &source.config()?,
+                &agg.settings(),
+                &run,
+                Shutdown::default(),
+            )
+            .await?;
+        }
+        Err(raa_state::StateError::Locked { .. }) => {
+            let pid = raa::share::signal_holder(&run.state_dir, "-USR2").await?;
+            eprintln!("asked raa (pid {pid}) to reaggregate; waiting for its answer …");
+            let deadline = Instant::now() + Duration::from_secs(3600);
+            while result(&run.state_dir).is_none() {
+                if Instant::now() > deadline {
+                    bail!("raa (pid {pid}) did not answer within an hour");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let outcome = result(&run.state_dir).context("the reaggregate request was not answered")?;
+    println!("{outcome}");
+    Ok(if outcome.starts_with("ok") { 0 } else { 1 })
 }
 
 /// Runs the pipeline, restarting it after transient failures (server

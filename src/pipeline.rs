@@ -21,6 +21,7 @@ use crate::aggregate::{AggregateError, Engine, Settings, Work};
 use crate::backfill::{self, BackfillError, RESYNC_SINK, SYSTEM_ID};
 use crate::decode::Transaction;
 use crate::ops::shutdown::Shutdown;
+use crate::reaggregate;
 use crate::share::{Share, ShareError};
 use crate::sink::{Sink, SinkError};
 use crate::source::snapshot::{self, SnapshotError};
@@ -121,6 +122,8 @@ pub enum PipelineError {
          point raa at the right database, or rebuild from an empty state directory"
     )]
     OtherCluster { state: String, server: String },
+    #[error("answering a reaggregate request: {0}")]
+    Reaggregate(String),
     #[error("writing the whole state to the sink at {lsn}")]
     Resync {
         lsn: Lsn,
@@ -389,7 +392,9 @@ pub async fn run<S: Sink>(
     drop(sql);
     tracing::info!(%start, target = ?target.map(|t| t.to_string()), slot = %source.slot, "streaming");
     let mut stream = source::stream::start(source, start, p.ack_position()).await?;
-    let result = p.drive(&mut stream, &opts, target, &mut shutdown).await;
+    let result = p
+        .drive(source, &mut stream, &opts, target, &mut shutdown)
+        .await;
     stream.stop().await;
     result?;
     Ok(p.summary)
@@ -454,6 +459,7 @@ impl<S: Sink> Pipeline<S> {
     /// batch deadline, then the next source event.
     async fn drive(
         &mut self,
+        source: &SourceConfig,
         stream: &mut StreamHandle,
         opts: &Options,
         target: Option<Lsn>,
@@ -463,14 +469,21 @@ impl<S: Sink> Pipeline<S> {
             Shutdown,
             Deadline,
             CheckpointRequest,
+            ReaggregateRequest,
             Event(Option<Result<SourceEvent, StreamError>>),
         }
         let mut usr1 = match &opts.checkpoints {
-            Some(_) => checkpoint_requests(),
+            Some(_) => listen(tokio::signal::unix::SignalKind::user_defined1()),
             None => None,
         };
+        let mut usr2 = listen(tokio::signal::unix::SignalKind::user_defined2());
+        let mut reaggregate = true; // a request may be waiting from before the start
         loop {
-            if target.is_some_and(|t| self.durable >= t) {
+            if reaggregate && self.batch_end.is_none() && self.sink_progress == Some(self.durable) {
+                reaggregate = false;
+                self.reaggregate(source).await?;
+            }
+            if target.is_some_and(|t| self.durable >= t) && !reaggregate {
                 self.checkpoint(opts, stream, false)?;
                 return Ok(());
             }
@@ -482,6 +495,7 @@ impl<S: Sink> Pipeline<S> {
                 _ = shutdown.wait() => Step::Shutdown,
                 _ = sleep_until(deadline), if deadline.is_some() => Step::Deadline,
                 _ = recv_signal(&mut usr1), if usr1.is_some() => Step::CheckpointRequest,
+                _ = recv_signal(&mut usr2), if usr2.is_some() => Step::ReaggregateRequest,
                 ev = stream.events.recv() => Step::Event(ev),
             };
             match step {
@@ -495,6 +509,10 @@ impl<S: Sink> Pipeline<S> {
                 Step::CheckpointRequest => {
                     self.flush(stream).await?;
                     self.checkpoint(opts, stream, true)?;
+                }
+                Step::ReaggregateRequest => {
+                    self.flush(stream).await?;
+                    reaggregate = true;
                 }
                 Step::Event(None) => return Err(StreamError::Ended.into()),
                 Step::Event(Some(Err(e))) => return Err(e.into()),
@@ -566,6 +584,59 @@ impl<S: Sink> Pipeline<S> {
         tracing::info!(lsn = %info.lsn, entries = info.entries, ms = started.elapsed().as_millis() as u64, "checkpoint written to the share");
         stream.ack(self.ack_position());
         Ok(())
+    }
+
+    /// Serves a `raa reaggregate` request left in the state directory: one
+    /// batch at the current durable position (see [`crate::reaggregate`]).
+    /// A request that cannot be served is answered with the reason.
+    async fn reaggregate(&mut self, source: &SourceConfig) -> Result<(), PipelineError> {
+        let dir = self.store.path().to_owned();
+        let range = match reaggregate::pending(&dir) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "refusing a reaggregate request");
+                let _ = reaggregate::answer(&dir, &format!("error: {e}"));
+                return Ok(());
+            }
+        };
+        let lsn = self.durable;
+        tracing::info!(from = range.from, to = range.to, %lsn, "reaggregating a time range from the facts");
+        let txn = match source.connect().await {
+            Ok(client) => reaggregate::changes(&client, &self.engine, range, lsn)
+                .await
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+            Err(e) => Err(format!("cannot connect to the source: {e}")),
+        };
+        let txn = match txn {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "reaggregate failed");
+                let _ = reaggregate::answer(&dir, &format!("error: {e}"));
+                return Ok(());
+            }
+        };
+        let facts = txn.changes.len();
+        let (engine, work) = (&mut self.engine, &mut self.work);
+        blocking(|| engine.apply(work, &txn)).map_err(|source| PipelineError::Aggregate {
+            commit_lsn: lsn,
+            source,
+        })?;
+        let work = std::mem::take(&mut self.work);
+        let engine = &self.engine;
+        let out = blocking(|| engine.finish(work))
+            .map_err(|source| PipelineError::Finish { lsn, source })?;
+        self.sink
+            .write(lsn, &out.rows)
+            .await
+            .map_err(|source| PipelineError::Sink { lsn, source })?;
+        let store = &self.store;
+        let rows = out.rows.len();
+        blocking(|| store.commit(out.state, lsn))
+            .map_err(|source| PipelineError::State { lsn, source })?;
+        let outcome = format!("ok: {facts} rows re-read, {rows} aggregate rows rewritten at {lsn}");
+        tracing::info!(facts, rows, %lsn, "reaggregated");
+        reaggregate::answer(&dir, &outcome).map_err(|e| PipelineError::Reaggregate(e.to_string()))
     }
 
     /// Rewrites the sink from the whole state (after a backfill).
@@ -648,11 +719,10 @@ impl<S: Sink> Pipeline<S> {
     }
 }
 
-/// SIGUSR1 asks a running raa for a checkpoint now (`raa checkpoint` sends it).
-fn checkpoint_requests() -> Option<tokio::signal::unix::Signal> {
-    use tokio::signal::unix::{signal, SignalKind};
-    signal(SignalKind::user_defined1())
-        .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for checkpoint requests"))
+/// Requests from `raa checkpoint` (SIGUSR1) and `raa reaggregate` (SIGUSR2).
+fn listen(kind: tokio::signal::unix::SignalKind) -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(kind)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for operator requests"))
         .ok()
 }
 

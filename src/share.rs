@@ -188,20 +188,8 @@ pub async fn checkpoint_now(
             Ok(info)
         }
         Err(raa_state::StateError::Locked { .. }) => {
-            let pid_path = state_dir.join(PID_FILE);
-            let pid: u32 = std::fs::read_to_string(&pid_path)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-                .ok_or(CheckpointNowError::NoPid(pid_path))?;
             let before = share.list()?.first().cloned();
-            let status = tokio::process::Command::new("kill")
-                .args(["-USR1", &pid.to_string()])
-                .status()
-                .await
-                .map_err(|e| CheckpointNowError::Signal(pid, e.to_string()))?;
-            if !status.success() {
-                return Err(CheckpointNowError::Signal(pid, status.to_string()));
-            }
+            let pid = signal_holder(state_dir, "-USR1").await?;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
             while std::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -219,6 +207,24 @@ pub async fn checkpoint_now(
     }
 }
 
+/// Sends `signal` (as `kill` spells it) to the raa process holding `state_dir`.
+pub async fn signal_holder(state_dir: &Path, signal: &str) -> Result<u32, CheckpointNowError> {
+    let pid_path = state_dir.join(PID_FILE);
+    let pid: u32 = std::fs::read_to_string(&pid_path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or(CheckpointNowError::NoPid(pid_path))?;
+    let status = tokio::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .await
+        .map_err(|e| CheckpointNowError::Signal(pid, e.to_string()))?;
+    if !status.success() {
+        return Err(CheckpointNowError::Signal(pid, status.to_string()));
+    }
+    Ok(pid)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointNowError {
     #[error(transparent)]
@@ -231,7 +237,7 @@ pub enum CheckpointNowError {
     Incomplete,
     #[error("another process holds the state directory but {0} names none: is raa running?")]
     NoPid(PathBuf),
-    #[error("asking raa (pid {0}) for a checkpoint failed: {1}")]
+    #[error("signalling raa (pid {0}) failed: {1}")]
     Signal(u32, String),
     #[error("raa (pid {0}) wrote no checkpoint within 5 minutes: is it running with --share-dir?")]
     Timeout(u32),

@@ -15,7 +15,7 @@ use raa::aggregate::Settings;
 use raa::loadgen::Generator;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::TestDb;
 
@@ -28,13 +28,13 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn raa(db: &TestDb, state: &Path, share: &Path, log: &Path, args: &[&str]) -> Child {
+fn raa(db: &TestDb, state: &Path, share: &Path, log: &Path, args: &[&str]) -> support::Running {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_raa"))
+    let child = Command::new(env!("CARGO_BIN_EXE_raa"))
         .arg("run")
         .args(args)
         .env("RAA_SOURCE_URL", &db.url)
@@ -48,7 +48,8 @@ fn raa(db: &TestDb, state: &Path, share: &Path, log: &Path, args: &[&str]) -> Ch
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
-        .expect("start raa")
+        .expect("start raa");
+    support::Running::new(child)
 }
 
 fn tail(log: &Path) -> String {
@@ -92,7 +93,8 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
     for kill in 0..kills {
-        let mut child = raa(&db, &state, &share, &log, &[]);
+        let mut running = raa(&db, &state, &share, &log, &[]);
+        let child = running.child();
         let wait = rng.random_range(100..2_500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         if let Some(status) = child.try_wait().unwrap() {
@@ -120,6 +122,7 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
     assert!(seen("backfill complete") == 1, "{}", tail(&log));
 
     let status = raa(&db, &state, &share, &log, &["--until-caught-up"])
+        .child()
         .wait()
         .unwrap();
     assert!(status.success(), "final run: {status}\n{}", tail(&log));
@@ -134,6 +137,7 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
     let before = db.count(totals).await;
     let pod2 = dir.path().join("state-pod2");
     let status = raa(&db, &pod2, &share, &log, &["--until-caught-up"])
+        .child()
         .wait()
         .unwrap();
     assert!(status.success(), "restore run: {status}\n{}", tail(&log));

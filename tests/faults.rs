@@ -11,25 +11,27 @@ mod support;
 use raa::aggregate::Settings;
 use raa::loadgen::Generator;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::TestDb;
 
 const DAY: i64 = 1_774_569_600;
 
-fn start_raa(db: &TestDb, state: &Path, log: &Path) -> Child {
+fn start_raa(db: &TestDb, state: &Path, log: &Path) -> support::Running {
     let log = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_raa"))
-        .arg("run")
-        .env("RAA_SOURCE_URL", &db.url)
-        .env("RAA_SLOT", &db.name)
-        .env("RAA_STATE_DIR", state)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("start raa")
+    support::Running::new(
+        Command::new(env!("CARGO_BIN_EXE_raa"))
+            .arg("run")
+            .env("RAA_SOURCE_URL", &db.url)
+            .env("RAA_SLOT", &db.name)
+            .env("RAA_STATE_DIR", state)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start raa"),
+    )
 }
 
 /// Waits until the aggregate tables equal their recomputation (raa streams
@@ -119,13 +121,13 @@ async fn restarts_cut_connections_and_failing_sink_commits_lose_nothing() {
         g.day(&mut c, 300, 50).await.unwrap();
         converged(&db, &settings, &log, limit).await;
     }
-    assert!(raa.try_wait().unwrap().is_none(), "raa gave up");
+    assert!(raa.child().try_wait().unwrap().is_none(), "raa gave up");
 
     // SIGTERM: a clean stop.
-    let pid = raa.id().to_string();
+    let pid = raa.child().id().to_string();
     let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(term.success());
-    let status = raa.wait().unwrap();
+    let status = raa.child().wait().unwrap();
     assert!(status.success(), "{status}");
 
     // 4. The slot dropped while raa was down: refused, with what to do.

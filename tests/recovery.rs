@@ -143,3 +143,101 @@ async fn checkpoint_replay_and_restore_past_a_damaged_checkpoint() {
     );
     db.assert_verified(&settings).await;
 }
+
+/// Facts changed where replication cannot see them: the table is out of the
+/// publication while they change.
+async fn hidden_changes(db: &TestDb, salt: i64) {
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "ALTER PUBLICATION raa DROP TABLE interaction_resource_fact;
+             UPDATE interaction_resource_fact SET talk_duration = talk_duration + {salt}
+               WHERE interaction_resource_id % 5 = 0;
+             DELETE FROM interaction_resource_fact WHERE interaction_resource_id % 17 = 0;
+             CREATE TEMP TABLE copied AS
+               SELECT * FROM interaction_resource_fact WHERE interaction_resource_id % 23 = 0;
+             UPDATE copied SET interaction_resource_id = interaction_resource_id + 100000000 * {salt};
+             INSERT INTO interaction_resource_fact SELECT * FROM copied;
+             ALTER PUBLICATION raa ADD TABLE interaction_resource_fact;"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaggregate_repairs_what_replication_missed_while_streaming_and_offline() {
+    let settings = Settings::default();
+    let db = TestDb::new().await;
+    db.init(&settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (state, share) = (dir.path().join("state"), dir.path().join("share"));
+    let mut c = db.client().await;
+    let mut g = Generator::new(41, DAY);
+    g.dimensions(&c).await.unwrap();
+    g.day(&mut c, 2_000, 200).await.unwrap();
+    ok(raa(&db, &state, &share, &["run", "--until-caught-up"]));
+    let range = [
+        "--from",
+        "2026-01-01T00:00:00Z",
+        "--to",
+        &(DAY + 2 * 86_400).to_string(),
+    ];
+
+    // While raa streams: hidden changes, then more traffic it does see.
+    let mut running = support::Running::new(
+        Command::new(env!("CARGO_BIN_EXE_raa"))
+            .arg("run")
+            .env("RAA_SOURCE_URL", &db.url)
+            .env("RAA_SLOT", &db.name)
+            .env("RAA_STATE_DIR", &state)
+            .env("RAA_SHARE_DIR", &share)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    hidden_changes(&db, 3).await;
+    g.chaos(&mut c, 30).await.unwrap();
+    assert!(
+        !db.differences(&settings).await.is_empty(),
+        "hidden changes are hidden"
+    );
+    let out = ok(raa(
+        &db,
+        &state,
+        &share,
+        &[&["reaggregate"][..], &range[..]].concat(),
+    ));
+    assert!(out.contains("ok:"), "{out}");
+    g.chaos(&mut c, 10).await.unwrap();
+    let stop = Command::new("kill")
+        .args(["-TERM", &running.child().id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stop.success());
+    assert!(running.child().wait().unwrap().success());
+    ok(raa(&db, &state, &share, &["run", "--until-caught-up"]));
+    db.assert_verified(&settings).await;
+
+    // Offline: nothing running holds the state; the command serves itself.
+    hidden_changes(&db, 5).await;
+    assert!(!db.differences(&settings).await.is_empty());
+    let out = ok(raa(
+        &db,
+        &state,
+        &share,
+        &[&["reaggregate"][..], &range[..]].concat(),
+    ));
+    assert!(out.contains("ok:"), "{out}");
+    db.assert_verified(&settings).await;
+
+    // A range that ends before it starts is refused.
+    let out = raa(
+        &db,
+        &state,
+        &share,
+        &["reaggregate", "--from", "200", "--to", "100"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be before"));
+}

@@ -606,6 +606,51 @@ impl Engine {
         }
         Ok(rows)
     }
+
+    /// Keys of the facts of `table` the state holds whose period overlaps
+    /// `[from, to)` (`start_ts < to` and `coalesce(end_ts, start_ts) >= from`,
+    /// the same test `raa reaggregate` runs in SQL). A scan of the table's
+    /// records: for a maintenance command, not for the stream.
+    pub fn fact_keys_in_range(
+        &self,
+        table: Table,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<RowKey>, AggregateError> {
+        let spec = table.spec();
+        let (Some(start), end) = (spec.slot("start_ts"), spec.slot("end_ts")) else {
+            return Ok(Vec::new());
+        };
+        let mut keys = Vec::new();
+        for item in self
+            .store
+            .scan::<FactRecord>(Space::Fact, &FactKey::table_prefix(table))
+        {
+            let (k, rec) = item?;
+            let Some(s) = rec.row.int(start) else {
+                continue;
+            };
+            let e = end.and_then(|e| rec.row.int(e)).unwrap_or(s);
+            if s < to && e >= from {
+                keys.push(
+                    FactKey::decode_key(&k).ok_or(AggregateError::CorruptKey { what: "fact" })?,
+                );
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Keys of the cached rows of dimension table `table`.
+    pub fn dim_keys(&self, table: Table) -> Vec<RowKey> {
+        let mut keys: Vec<RowKey> = self
+            .dims
+            .keys()
+            .filter(|d| d.table == table)
+            .map(|d| d.key)
+            .collect();
+        keys.sort();
+        keys
+    }
 }
 
 /// The dimensions a fact table is indexed by: every one a family of it reads.

@@ -155,6 +155,17 @@ pub async fn rows(
     client: &Client,
     spec: &'static TableSpec,
 ) -> Result<impl Stream<Item = Result<Tuple, SnapshotError>>, SnapshotError> {
+    rows_where(client, spec, "true", &[]).await
+}
+
+/// Streams the rows of `spec` matching `condition` (SQL over the table's
+/// columns, with `$n` parameters bound to `params`).
+pub async fn rows_where(
+    client: &Client,
+    spec: &'static TableSpec,
+    condition: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<impl Stream<Item = Result<Tuple, SnapshotError>>, SnapshotError> {
     let read = |source| SnapshotError::Read {
         table: spec.name,
         source,
@@ -164,9 +175,13 @@ pub async fn rows(
         .iter()
         .map(|c| format!("{}::text", c.name))
         .collect();
-    let stmt = format!("SELECT {} FROM {}", columns.join(", "), spec.name);
+    let stmt = format!(
+        "SELECT {} FROM {} WHERE {condition}",
+        columns.join(", "),
+        spec.name
+    );
     let stream = client
-        .query_raw(&stmt, std::iter::empty::<i32>())
+        .query_raw(&stmt, params.iter().copied())
         .await
         .map_err(read)?;
     Ok(stream.map(move |row| {

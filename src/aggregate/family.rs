@@ -7,27 +7,45 @@
 //! NULL semantics are the same on both sides: a measure expression reads a NULL
 //! column as 0 (SQL: `coalesce`), a predicate on a NULL column or a missing
 //! dimension row is false (SQL: NULL in a `FILTER`/`WHERE` is not true).
+//!
+//! Time attribution ([`Attribution`]): a disposition family puts a fact
+//! wholly in the bucket of one timestamp. An interval family splits the
+//! period `[start, end)` across the buckets it overlaps ([`super::interval`]):
+//! [`Agg::Seconds`] measures are split by the seconds in each bucket, while
+//! `Count` and `Sum` measures go to the bucket where the period starts (so a
+//! `Count` is "periods that start in the bucket") and `Max` sees the fact in
+//! every bucket it touches. A period with a NULL end is open and contributes
+//! nothing until it closes.
 
-use super::bucket::Level;
+use super::bucket::{BucketError, Level};
+use super::interval::{self, GRID_SECONDS, MAX_PERIOD_SECONDS};
 use crate::schema::{Row, Table, TableSpec};
+use jiff::tz::TimeZone;
 
 /// A dimension a fact references through the foreign key of the same name
-/// (`tenant_key`, `resource_key`, `technical_descriptor_key`).
+/// (`tenant_key`, `resource_key`, `technical_descriptor_key`, `resource_state_key`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dim {
     Tenant,
     Resource,
     TechnicalDescriptor,
+    ResourceState,
 }
 
 impl Dim {
-    pub const ALL: [Dim; 3] = [Dim::Tenant, Dim::Resource, Dim::TechnicalDescriptor];
+    pub const ALL: [Dim; 4] = [
+        Dim::Tenant,
+        Dim::Resource,
+        Dim::TechnicalDescriptor,
+        Dim::ResourceState,
+    ];
 
     pub fn table(self) -> Table {
         match self {
             Dim::Tenant => Table::Tenant,
             Dim::Resource => Table::Resource,
             Dim::TechnicalDescriptor => Table::TechnicalDescriptor,
+            Dim::ResourceState => Table::ResourceState,
         }
     }
 
@@ -41,6 +59,7 @@ impl Dim {
             Dim::Tenant => "tn",
             Dim::Resource => "r",
             Dim::TechnicalDescriptor => "td",
+            Dim::ResourceState => "rs",
         }
     }
 
@@ -51,21 +70,19 @@ impl Dim {
     }
 }
 
-/// The dimension rows a fact references, as looked up when it is applied.
+/// The dimension rows a fact references, as looked up when it is applied,
+/// indexed like [`Dim::ALL`].
 #[derive(Clone, Copy, Default)]
-pub struct DimRows<'a> {
-    pub tenant: Option<&'a Row>,
-    pub resource: Option<&'a Row>,
-    pub technical_descriptor: Option<&'a Row>,
-}
+pub struct DimRows<'a>(pub [Option<&'a Row>; Dim::ALL.len()]);
 
 impl<'a> DimRows<'a> {
-    fn get(&self, dim: Dim) -> Option<&'a Row> {
-        match dim {
-            Dim::Tenant => self.tenant,
-            Dim::Resource => self.resource,
-            Dim::TechnicalDescriptor => self.technical_descriptor,
-        }
+    /// Looks every dimension up with `lookup`.
+    pub fn new(lookup: impl FnMut(Dim) -> Option<&'a Row>) -> DimRows<'a> {
+        DimRows(Dim::ALL.map(lookup))
+    }
+
+    pub fn get(&self, dim: Dim) -> Option<&'a Row> {
+        self.0[dim as usize]
     }
 }
 
@@ -117,8 +134,12 @@ pub enum Pred {
     Always,
     /// fact column `cmp` operand.
     Int(usize, Cmp, Operand),
+    /// fact column is not NULL.
+    NotNull(usize),
     /// dimension text column is one of the values.
     DimIn(Dim, usize, &'static [&'static str]),
+    /// the referenced dimension row exists (an inner join).
+    DimPresent(Dim),
     All(&'static [Pred]),
 }
 
@@ -131,6 +152,9 @@ pub enum Agg {
     Sum(IntExpr, Pred),
     /// Largest value of the expression; retractable (kept as a counted multiset).
     Max(IntExpr),
+    /// Seconds of the fact's period inside the bucket, for facts matching
+    /// the predicate (interval attribution; 0 under disposition).
+    Seconds(Pred),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -144,6 +168,9 @@ pub struct Measure {
 pub enum Attribution {
     /// Wholly to the bucket of this timestamp column.
     Disposition { ts: usize },
+    /// Split across the buckets `[start, end)` overlaps; a NULL `end` is an
+    /// open period, which contributes nothing.
+    Interval { start: usize, end: usize },
 }
 
 #[derive(Debug)]
@@ -158,14 +185,60 @@ pub struct Family {
     pub measures: &'static [Measure],
 }
 
-/// One fact's contribution to one family: the group, the bucket per level,
-/// and the per-measure values (for `Max` measures, the candidate value).
+/// One fact's contribution to one family: the group, and per level the
+/// buckets it touches with the per-measure values it puts there (for `Max`
+/// measures, the candidate value). Stored with the fact, so a retraction
+/// removes exactly what was added whatever changed since.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Contribution {
     pub family: u16,
     pub group: Vec<Option<i64>>,
-    pub buckets: Vec<i64>,
+    pub cells: Cells,
+}
+
+/// Where a contribution lands, per level (aligned with the settings' levels).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Cells {
+    /// Disposition: the same values in one bucket per level (kept once, not per level).
+    Whole { buckets: Vec<i64>, values: Vec<i64> },
+    /// Interval: per level, each bucket the period touches and its values there.
+    Split(Vec<Vec<Cell>>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cell {
+    pub bucket: i64,
     pub values: Vec<i64>,
+}
+
+impl Contribution {
+    /// Every (level, bucket, values) the contribution touches.
+    pub fn cells<'a>(&'a self, levels: &'a [Level]) -> Vec<(Level, i64, &'a [i64])> {
+        match &self.cells {
+            Cells::Whole { buckets, values } => levels
+                .iter()
+                .zip(buckets)
+                .map(|(&l, &b)| (l, b, values.as_slice()))
+                .collect(),
+            Cells::Split(per_level) => levels
+                .iter()
+                .zip(per_level)
+                .flat_map(|(&l, cells)| {
+                    cells
+                        .iter()
+                        .map(move |c| (l, c.bucket, c.values.as_slice()))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a fact's contribution is computed with, besides the fact and its dimensions.
+pub struct Placing<'a> {
+    pub levels: &'a [Level],
+    pub tz: &'a TimeZone,
+    pub subhr_seconds: i64,
+    pub params: &'a Params,
 }
 
 impl Family {
@@ -181,7 +254,7 @@ impl Family {
         visit(&self.filter);
         for m in self.measures {
             match m.agg {
-                Agg::Count(p) | Agg::Sum(_, p) => visit(&p),
+                Agg::Count(p) | Agg::Sum(_, p) | Agg::Seconds(p) => visit(&p),
                 Agg::Max(_) => {}
             }
         }
@@ -190,32 +263,95 @@ impl Family {
         out
     }
 
-    /// The fact's timestamp, or `None` when the fact cannot be placed (NULL).
-    pub fn timestamp(&self, row: &Row) -> Option<i64> {
+    /// The fact's period: its start and, for interval families, its end.
+    /// `None` when the fact cannot be placed (NULL start) or is still open (NULL end).
+    pub fn period(&self, row: &Row) -> Option<(i64, Option<i64>)> {
         match self.attribution {
-            Attribution::Disposition { ts } => row.int(ts),
+            Attribution::Disposition { ts } => Some((row.int(ts)?, None)),
+            Attribution::Interval { start, end } => Some((row.int(start)?, Some(row.int(end)?))),
         }
     }
 
     /// Whether the fact counts in this family, given its dimensions.
     pub fn includes(&self, row: &Row, dims: &DimRows<'_>) -> bool {
-        self.timestamp(row).is_some() && self.filter.eval(row, dims, None)
+        self.period(row).is_some() && self.filter.eval(row, dims, None)
     }
 
-    /// The per-measure values of one included fact.
-    pub fn values(&self, row: &Row, dims: &DimRows<'_>, params: &Params) -> Vec<i64> {
+    /// The fact's contribution to this family (`idx` in the catalog), or
+    /// `None` when the family does not count it.
+    pub fn contribute(
+        &self,
+        idx: u16,
+        row: &Row,
+        dims: &DimRows<'_>,
+        at: &Placing<'_>,
+    ) -> Result<Option<Contribution>, BucketError> {
+        let Some((start, end)) = self.period(row) else {
+            return Ok(None);
+        };
+        if !self.filter.eval(row, dims, None) {
+            return Ok(None);
+        }
+        let cells = match end {
+            None => Cells::Whole {
+                buckets: at
+                    .levels
+                    .iter()
+                    .map(|l| l.bucket(start, at.tz, at.subhr_seconds))
+                    .collect::<Result<_, _>>()?,
+                values: self.values(row, dims, at.params, 0, true),
+            },
+            Some(end) => Cells::Split(
+                interval::split(start, end, at.levels, at.tz, at.subhr_seconds)?
+                    .into_iter()
+                    .map(|overlaps| {
+                        overlaps
+                            .into_iter()
+                            .map(|o| Cell {
+                                bucket: o.bucket,
+                                values: self.values(row, dims, at.params, o.seconds, o.starts),
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(Some(Contribution {
+            family: idx,
+            group: self.group(row),
+            cells,
+        }))
+    }
+
+    /// The per-measure values of one included fact in one bucket, where it
+    /// spends `seconds` and which it `starts` in (always, under disposition).
+    pub fn values(
+        &self,
+        row: &Row,
+        dims: &DimRows<'_>,
+        params: &Params,
+        seconds: i64,
+        starts: bool,
+    ) -> Vec<i64> {
         self.measures
             .iter()
             .map(|m| match m.agg {
-                Agg::Count(p) => i64::from(p.eval(row, dims, Some(params))),
+                Agg::Count(p) => i64::from(starts && p.eval(row, dims, Some(params))),
                 Agg::Sum(e, p) => {
-                    if p.eval(row, dims, Some(params)) {
+                    if starts && p.eval(row, dims, Some(params)) {
                         e.eval(row)
                     } else {
                         0
                     }
                 }
                 Agg::Max(e) => e.eval(row),
+                Agg::Seconds(p) => {
+                    if p.eval(row, dims, Some(params)) {
+                        seconds
+                    } else {
+                        0
+                    }
+                }
             })
             .collect()
     }
@@ -265,10 +401,42 @@ impl Family {
 
     /// The reference query: the family at `level` recomputed from the facts,
     /// with the same columns, in the same order, as the aggregate table.
+    ///
+    /// An interval family's periods are cut into pieces at the 15-minute grid
+    /// by a lateral `generate_series`, as [`interval::split`] does: each piece
+    /// is bucketed by its first second, `secs` is its length within the
+    /// (capped) period, and `first` marks the piece where the period starts.
     pub fn reference_sql(&self, level: Level, params: &Params, subhr_seconds: i64) -> String {
         let spec = self.source_spec();
-        let ts = match self.attribution {
-            Attribution::Disposition { ts } => format!("f.{}", spec.columns[ts].name),
+        let col = |slot: usize| format!("f.{}", spec.columns[slot].name);
+        let (ts, lateral, placed, first) = match self.attribution {
+            Attribution::Disposition { ts } => {
+                let ts = col(ts);
+                let placed = format!("{ts} IS NOT NULL");
+                (ts, String::new(), placed, "TRUE".to_owned())
+            }
+            Attribution::Interval { start, end } => {
+                let s = format!("{}::bigint", col(start));
+                let e = format!("least({}::bigint, {s} + {MAX_PERIOD_SECONDS})", col(end));
+                let floor = |t: &str| {
+                    format!(
+                        "({t} - mod(mod({t}, {GRID_SECONDS}) + {GRID_SECONDS}, {GRID_SECONDS}))"
+                    )
+                };
+                let lateral = format!(
+                    "\n  CROSS JOIN LATERAL (\n    \
+                     SELECT q.t, q.t = {s} AS first,\n           \
+                     greatest(0, least({} + {GRID_SECONDS}, {e}) - q.t) AS secs\n    \
+                     FROM (SELECT {s} AS t\n          \
+                     UNION ALL\n          \
+                     SELECT generate_series({} + {GRID_SECONDS}, greatest({e}, {s} + 1) - 1, {GRID_SECONDS})) q\n  \
+                     ) p",
+                    floor("q.t"),
+                    floor(&s),
+                );
+                let placed = format!("{} IS NOT NULL AND {} IS NOT NULL", col(start), col(end));
+                ("p.t".to_owned(), lateral, placed, "p.first".to_owned())
+            }
         };
         let tz = "(CASE WHEN tn.time_zone IN (SELECT name FROM pg_timezone_names) \
                   THEN tn.time_zone ELSE 'UTC' END)";
@@ -279,13 +447,23 @@ impl Family {
         select.extend(self.group_columns().map(|c| format!("f.{c}")));
         for m in self.measures {
             let expr = match m.agg {
-                Agg::Count(p) => format!("count(*) FILTER (WHERE {})", p.sql(spec, params)),
+                Agg::Count(p) => format!(
+                    "count(*) FILTER (WHERE {first} AND {})",
+                    p.sql(spec, params)
+                ),
                 Agg::Sum(e, p) => format!(
-                    "coalesce(sum({}) FILTER (WHERE {}), 0)",
+                    "coalesce(sum({}) FILTER (WHERE {first} AND {}), 0)",
                     e.sql(spec),
                     p.sql(spec, params)
                 ),
                 Agg::Max(e) => format!("max({})", e.sql(spec)),
+                Agg::Seconds(p) => match self.attribution {
+                    Attribution::Disposition { .. } => "0".to_owned(),
+                    Attribution::Interval { .. } => format!(
+                        "coalesce(sum(p.secs) FILTER (WHERE {}), 0)",
+                        p.sql(spec, params)
+                    ),
+                },
             };
             select.push(format!("{expr}::bigint AS {}", m.name));
         }
@@ -300,11 +478,12 @@ impl Family {
                 dim.alias()
             ));
         }
+        from.push_str(&lateral);
         let group: Vec<String> = (1..=1 + self.group_by.len())
             .map(|i| i.to_string())
             .collect();
         format!(
-            "SELECT {}\nFROM {from}\nWHERE {ts} IS NOT NULL AND {}\nGROUP BY {}",
+            "SELECT {}\nFROM {from}\nWHERE {placed} AND {}\nGROUP BY {}",
             select.join(",\n       "),
             self.filter.sql(spec, params),
             group.join(", ")
@@ -333,19 +512,21 @@ impl Pred {
                     Cmp::Le => lhs <= rhs,
                 }
             }
+            Pred::NotNull(slot) => row.int(slot).is_some(),
             Pred::DimIn(dim, slot, values) => dims
                 .get(dim)
                 .and_then(|r| r.get(slot).as_text())
                 .is_some_and(|v| values.contains(&v)),
+            Pred::DimPresent(dim) => dims.get(dim).is_some(),
             Pred::All(ps) => ps.iter().all(|p| p.eval(row, dims, params)),
         }
     }
 
     fn dims(&self, out: &mut Vec<Dim>) {
         match self {
-            Pred::DimIn(d, _, _) => out.push(*d),
+            Pred::DimIn(d, _, _) | Pred::DimPresent(d) => out.push(*d),
             Pred::All(ps) => ps.iter().for_each(|p| p.dims(out)),
-            Pred::Always | Pred::Int(..) => {}
+            Pred::Always | Pred::Int(..) | Pred::NotNull(_) => {}
         }
     }
 
@@ -364,6 +545,12 @@ impl Pred {
                 };
                 format!("f.{} {op} {rhs}", spec.columns[slot].name)
             }
+            Pred::NotNull(slot) => format!("f.{} IS NOT NULL", spec.columns[slot].name),
+            Pred::DimPresent(dim) => format!(
+                "{}.{} IS NOT NULL",
+                dim.alias(),
+                dim.table().spec().columns[0].name
+            ),
             Pred::DimIn(dim, slot, values) => {
                 let list: Vec<String> = values
                     .iter()

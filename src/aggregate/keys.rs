@@ -21,9 +21,13 @@ fn get_i64(bytes: &[u8]) -> Option<i64> {
 pub fn table_code(t: Table) -> u8 {
     match t {
         Table::Irf => 1,
+        Table::Msf => 2,
+        Table::SmResState => 3,
+        Table::SmResSession => 4,
         Table::Tenant => 10,
         Table::Resource => 11,
         Table::TechnicalDescriptor => 12,
+        Table::ResourceState => 13,
     }
 }
 

@@ -5,12 +5,14 @@
 //! - [`bucket`] places instants in time buckets (calendar, zones, DST).
 //! - [`engine`] applies changes to the state with exact retraction;
 //!   [`accum`] is one output row's arithmetic, [`keys`] the state's key layout.
+//! - [`interval`] splits a period across the buckets it overlaps.
 
 pub mod accum;
 pub mod bucket;
 pub mod catalog;
 pub mod engine;
 pub mod family;
+pub mod interval;
 pub mod keys;
 
 pub use bucket::Level;

@@ -68,7 +68,7 @@ pub fn diff_sql(
     to: Option<i64>,
 ) -> String {
     let family = FAMILIES[family_idx];
-    let reference = family.reference_sql(level, &settings.params, settings.subhr_seconds);
+    let reference = family.reference_sql(level, &settings.params, settings.subhr_seconds, from);
     let cols: Vec<&str> = family
         .key_columns()
         .chain(family.measures.iter().map(|m| m.name))

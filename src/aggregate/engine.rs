@@ -1,9 +1,12 @@
 //! The aggregate engine: applies source transactions to the state.
 //!
-//! Every fact change costs O(1) state reads and writes, whatever the table
-//! size: the fact's previous contribution is read from its stored record and
-//! retracted, the new one added. A dimension change re-derives only the facts
-//! that reference that dimension row (found through the dimension index).
+//! Every fact change costs O(buckets it touches) state reads and writes,
+//! whatever the table size — one per level for a disposition fact, one per
+//! bucket overlapped for an interval fact: the fact's previous contribution is
+//! read from its stored record and retracted, the new one added. A dimension
+//! change (a tenant's zone included) re-derives only the facts that reference
+//! that dimension row (found through the dimension index), so the aggregates
+//! always reflect the current dimension rows.
 //!
 //! Changes accumulate in a [`Work`] (an overlay over the store) until the
 //! pipeline ends a batch with [`Engine::finish`], which yields one atomic

@@ -406,13 +406,26 @@ impl Family {
     /// by a lateral `generate_series`, as [`interval::split`] does: each piece
     /// is bucketed by its first second, `secs` is its length within the
     /// (capped) period, and `first` marks the piece where the period starts.
-    pub fn reference_sql(&self, level: Level, params: &Params, subhr_seconds: i64) -> String {
+    ///
+    /// With `from`, facts that cannot reach a bucket at or after `from` are
+    /// skipped early (a bucket never starts after the instants it holds); the
+    /// caller still filters the result by `date_time_key`.
+    pub fn reference_sql(
+        &self,
+        level: Level,
+        params: &Params,
+        subhr_seconds: i64,
+        from: Option<i64>,
+    ) -> String {
         let spec = self.source_spec();
         let col = |slot: usize| format!("f.{}", spec.columns[slot].name);
         let (ts, lateral, placed, first) = match self.attribution {
             Attribution::Disposition { ts } => {
                 let ts = col(ts);
-                let placed = format!("{ts} IS NOT NULL");
+                let mut placed = format!("{ts} IS NOT NULL");
+                if let Some(from) = from {
+                    placed.push_str(&format!(" AND {ts} >= {from}"));
+                }
                 (ts, String::new(), placed, "TRUE".to_owned())
             }
             Attribution::Interval { start, end } => {
@@ -434,7 +447,15 @@ impl Family {
                     floor("q.t"),
                     floor(&s),
                 );
-                let placed = format!("{} IS NOT NULL AND {} IS NOT NULL", col(start), col(end));
+                let mut placed = format!("{} IS NOT NULL AND {} IS NOT NULL", col(start), col(end));
+                if let Some(from) = from {
+                    // A piece at or after `from` needs the period to reach past it.
+                    placed.push_str(&format!(
+                        " AND ({} > {from} OR {} >= {from})",
+                        col(end),
+                        col(start)
+                    ));
+                }
                 ("p.t".to_owned(), lateral, placed, "p.first".to_owned())
             }
         };

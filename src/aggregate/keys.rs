@@ -157,6 +157,20 @@ mod tests {
         v
     }
 
+    #[test]
+    fn table_codes_are_unique_and_decode() {
+        let mut codes: Vec<u8> = crate::schema::TABLES
+            .iter()
+            .map(|s| table_code(s.table))
+            .collect();
+        for spec in crate::schema::TABLES {
+            assert_eq!(table_of_code(table_code(spec.table)), Some(spec.table));
+        }
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), crate::schema::TABLES.len());
+    }
+
     proptest! {
         #[test]
         fn fact_key_order_matches_numeric_order(a in any::<i64>(), b in any::<i64>()) {

@@ -8,6 +8,7 @@ mod support;
 use raa::aggregate::catalog::FAMILIES;
 use raa::aggregate::{Level, Settings};
 use raa::loadgen::Generator;
+use raa::pipeline::Failpoint;
 use raa::verify::{verify_slice, Slice};
 use support::TestDb;
 
@@ -122,9 +123,10 @@ async fn a_week_in_three_zones_verifies_for_every_family_and_level() {
     }
 }
 
-/// A 30-minute sub-hour grid, on a shorter run.
+/// A 30-minute sub-hour grid, on a shorter run that also crashes between
+/// the sink commit and the state commit: split periods replay exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_minute_subhr_verifies() {
+async fn thirty_minute_subhr_verifies_through_a_crash() {
     let settings = Settings {
         subhr_seconds: 1_800,
         ..Settings::default()
@@ -135,7 +137,16 @@ async fn thirty_minute_subhr_verifies() {
     let mut c = db.client().await;
     let mut g = Generator::new(43, WEEK);
     g.dimensions(&c).await.unwrap();
-    g.week(&mut c, 30, 30).await.unwrap();
+    g.week(&mut c, 30, 10).await.unwrap();
+    let err = db
+        .catch_up_with(state.path(), &settings, Some(Failpoint::AfterSinkCommit(1)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, raa::pipeline::PipelineError::Failpoint(_)),
+        "{err}"
+    );
+    g.dimension_changes(&mut c).await.unwrap();
     db.catch_up(state.path(), &settings).await;
     db.assert_verified(&settings).await;
     let off_grid = "SELECT count(*) FROM ag2_i_state_subhr WHERE date_time_key % 1800 <> 0";

@@ -52,14 +52,26 @@ pub fn split(
     let end = capped_end(start, end);
     let stop = end.max(start.saturating_add(1));
     let mut out: Vec<Vec<Overlap>> = vec![Vec::new(); levels.len()];
+    // Per level, the current day-or-longer bucket and where the next starts:
+    // pieces before that need no calendar arithmetic.
+    let mut current: Vec<Option<(i64, i64)>> = vec![None; levels.len()];
     let mut t = start;
     while t < stop {
         let next = (t - t.rem_euclid(GRID_SECONDS))
             .saturating_add(GRID_SECONDS)
             .min(stop);
         let seconds = (next.min(end) - t).max(0);
-        for (cells, level) in out.iter_mut().zip(levels) {
-            let bucket = level.bucket(t, tz, subhr_seconds)?;
+        for ((cells, level), known) in out.iter_mut().zip(levels).zip(&mut current) {
+            let bucket = match *known {
+                Some((bucket, until)) if t < until => bucket,
+                _ => {
+                    let bucket = level.bucket(t, tz, subhr_seconds)?;
+                    if let Some(until) = level.next_start(bucket, tz)? {
+                        *known = Some((bucket, until));
+                    }
+                    bucket
+                }
+            };
             match cells.last_mut() {
                 Some(last) if last.bucket == bucket => last.seconds += seconds,
                 _ => cells.push(Overlap {

@@ -269,6 +269,21 @@ async fn interval_splits_dst_days_and_retractable_maxima_by_hand() {
         Some(150)
     );
     assert_eq!(
+        cell(&db, "ag2_queue_hour", "abandoned", queue_hour).await,
+        Some(0)
+    );
+    // A technical result changes under the segments: they are abandoned now.
+    exec(
+        &db,
+        "UPDATE technical_descriptor SET technical_result = 'CustomerAbandoned' WHERE technical_descriptor_key = 1",
+    )
+    .await;
+    db.catch_up(state.path(), &settings).await;
+    assert_eq!(
+        cell(&db, "ag2_queue_year", "abandoned", queue_hour).await,
+        Some(2)
+    );
+    assert_eq!(
         cell(&db, "ag2_i_state_day", "ready_time", "resource_key = 7004").await,
         Some(60)
     );

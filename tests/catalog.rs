@@ -50,12 +50,23 @@ async fn a_week_in_three_zones_verifies_for_every_family_and_level() {
         assert!(db.count(zone_bucket).await > 0, "{zone_bucket}");
     }
 
-    // Dimension rows change under the facts, a tenant moves to another zone,
-    // and more traffic arrives: everything is re-derived.
+    // Dimension rows change under the facts, a tenant moves to another zone;
+    // state keys change, segments lose their start, sessions reopen, the
+    // session table is truncated and half refilled; more traffic arrives.
     g.dimension_changes(&mut c).await.unwrap();
     c.batch_execute(
         "UPDATE tenant SET time_zone = 'Asia/Tokyo' WHERE tenant_key = 3;
-         UPDATE resource_state SET state_type = 'Busy' WHERE resource_state_key = 1;",
+         UPDATE resource_state SET state_type = 'Busy' WHERE resource_state_key = 1;
+         UPDATE sm_res_state_fact SET sm_res_state_fact_key = sm_res_state_fact_key + 100000000
+           WHERE sm_res_state_fact_key % 7 = 0;
+         UPDATE mediation_segment_fact SET start_ts = NULL WHERE mediation_segment_id % 11 = 0;
+         UPDATE sm_res_session_fact SET end_ts = NULL WHERE sm_res_session_fact_key % 5 = 0;
+         BEGIN;
+         CREATE TEMP TABLE kept ON COMMIT DROP AS
+           SELECT * FROM sm_res_session_fact WHERE sm_res_session_fact_key % 2 = 0;
+         TRUNCATE sm_res_session_fact;
+         INSERT INTO sm_res_session_fact SELECT * FROM kept;
+         COMMIT;",
     )
     .await
     .unwrap();

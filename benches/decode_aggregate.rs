@@ -2,7 +2,7 @@
 //! mapping, and aggregation into the state (sled in a temp dir, no sink).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use raa::aggregate::{Engine, Settings, Work};
+use raa::aggregate::{Engine, Level, Settings, Work};
 use raa::decode::pgoutput::{self, encode, ColumnDef, Datum, Message, RelationBody, TupleData};
 use raa::decode::{Transaction, TxnAssembler};
 use raa::schema::IRF;
@@ -81,6 +81,20 @@ fn bench(c: &mut Criterion) {
             engine.finish(work).unwrap()
         })
     });
+    g.finish();
+    let mut g = c.benchmark_group("interval split");
+    let tz = raa::aggregate::bucket::zone(Some("America/New_York")).unwrap();
+    let start = 1_793_480_000; // the evening before New York's 2026 fall-back
+    for (name, hours) in [
+        ("15 minutes", 0.25),
+        ("8-hour session", 8.0),
+        ("4-day session", 96.0),
+    ] {
+        let end = start + (hours * 3600.0) as i64;
+        g.bench_function(format!("{name}, seven levels"), |b| {
+            b.iter(|| raa::aggregate::interval::split(start, end, &Level::ALL, &tz, 900).unwrap())
+        });
+    }
     g.finish();
 }
 

@@ -7,11 +7,19 @@
 //! - [`Generator::chaos`] mixes every change raa must survive: updates that
 //!   move a fact to another bucket or group, primary-key changes, NULLs,
 //!   dimension changes, rolled-back and multi-statement transactions, TRUNCATE.
+//! - [`Generator::week`] writes a week of every fact table (IRF, mediation
+//!   segments, agent states and sessions) for the tenants in New York, Kolkata
+//!   and Berlin: periods that cross hours, days and DST changes, states and
+//!   sessions left open then closed, updates, deletes and late facts.
+//!   [`Generator::dimension_changes`] then changes dimension rows under them.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
+
+mod week;
+use week::WeekLive;
 
 pub const TENANTS: [(i32, &str, Option<&str>); 4] = [
     (1, "east", Some("America/New_York")),
@@ -32,6 +40,19 @@ const RESULTS: [&str; 9] = [
 ];
 const ROLES: [&str; 4] = ["Received", "ReceivedConsult", "Initiated", "InConference"];
 pub const AGENTS: i32 = 60;
+/// `resource_state` rows: key, state type, state name. Key 7's type is one
+/// no `i_state` measure reads; facts also reference key 99, which does not exist.
+pub const RESOURCE_STATES: [(i32, &str, &str); 7] = [
+    (1, "Ready", "Ready"),
+    (2, "NotReady", "Break"),
+    (3, "NotReady", "Lunch"),
+    (4, "Busy", "Talking"),
+    (5, "AfterCallWork", "Wrap up"),
+    (6, "Busy", "Outbound"),
+    (7, "Monitoring", "Coaching"),
+];
+/// The tenants of [`Generator::week`]: New York (DST), Kolkata (+05:30), Berlin.
+pub const WEEK_TENANTS: [i64; 3] = [1, 2, 3];
 const QUEUE_BASE: i32 = 1000;
 const QUEUES: i32 = 8;
 
@@ -60,6 +81,8 @@ pub struct Generator {
     /// Whether [`Generator::chaos`] may TRUNCATE the fact table.
     pub truncate: bool,
     pub written: Written,
+    /// Ids of the week's facts believed present, per table (see [`Generator::week`]).
+    week_live: WeekLive,
 }
 
 /// One IRF row, column-wise for `unnest`.
@@ -104,6 +127,7 @@ impl Generator {
             day_start,
             truncate: true,
             written: Written::default(),
+            week_live: WeekLive::default(),
         }
     }
 
@@ -130,6 +154,13 @@ impl Generator {
             c.execute(
                 "INSERT INTO resource_ VALUES ($1, 'Agent', $2, $3) ON CONFLICT DO NOTHING",
                 &[&key, &format!("agent{key}"), &format!("E{key:04}")],
+            )
+            .await?;
+        }
+        for (key, state_type, name) in RESOURCE_STATES {
+            c.execute(
+                "INSERT INTO resource_state VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                &[&key, &state_type, &name],
             )
             .await?;
         }

@@ -66,17 +66,6 @@ impl Range {
     }
 }
 
-/// Parses a time as Unix seconds or RFC 3339 (`2026-03-27T00:00:00Z`).
-pub fn parse_time(s: &str) -> Result<i64, String> {
-    if let Ok(secs) = s.trim().parse::<i64>() {
-        return Ok(secs);
-    }
-    s.trim()
-        .parse::<jiff::Timestamp>()
-        .map(|t| t.as_second())
-        .map_err(|e| format!("{s:?} is neither Unix seconds nor an RFC 3339 time: {e}"))
-}
-
 /// Leaves a request in `state_dir` (replacing an older one).
 pub fn request(state_dir: &Path, range: Range) -> Result<(), ReaggregateError> {
     let path = state_dir.join(REQUEST);

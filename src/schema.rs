@@ -10,10 +10,15 @@ use serde::{Deserialize, Serialize};
 /// A table raa reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Table {
+    // Facts first: `Irf` must stay the smallest (the engine's index scans start there).
     Irf,
+    Msf,
+    SmResState,
+    SmResSession,
     Tenant,
     Resource,
     TechnicalDescriptor,
+    ResourceState,
 }
 
 /// How a column's text value is read.
@@ -116,6 +121,97 @@ pub static IRF: TableSpec = TableSpec {
     ],
 };
 
+/// Slots of `mediation_segment_fact`.
+pub mod msf {
+    pub const ID: usize = 0;
+    pub const TENANT_KEY: usize = 1;
+    pub const INTERACTION_ID: usize = 2;
+    pub const MEDIA_TYPE_KEY: usize = 3;
+    pub const INTERACTION_TYPE_KEY: usize = 4;
+    pub const RESOURCE_KEY: usize = 5;
+    pub const TECHNICAL_DESCRIPTOR_KEY: usize = 6;
+    pub const START_DATE_TIME_KEY: usize = 7;
+    pub const START_TS: usize = 8;
+    pub const END_TS: usize = 9;
+    pub const MEDIATION_DURATION: usize = 10;
+    pub const MET_SERVICE_OBJECTIVE_FLAG: usize = 11;
+    pub const SHORT_ABANDONED_FLAG: usize = 12;
+    pub const TARGET_IRF_ID: usize = 13;
+}
+
+pub static MSF: TableSpec = TableSpec {
+    table: Table::Msf,
+    name: "mediation_segment_fact",
+    columns: &[
+        int("mediation_segment_id"),
+        int("tenant_key"),
+        int("interaction_id"),
+        int("media_type_key"),
+        int("interaction_type_key"),
+        int("resource_key"),
+        int("technical_descriptor_key"),
+        int("start_date_time_key"),
+        int("start_ts"),
+        int("end_ts"),
+        int("mediation_duration"),
+        int("met_service_objective_flag"),
+        int("short_abandoned_flag"),
+        int("target_irf_id"),
+    ],
+};
+
+/// Slots of `sm_res_state_fact`.
+pub mod state_fact {
+    pub const ID: usize = 0;
+    pub const TENANT_KEY: usize = 1;
+    pub const RESOURCE_KEY: usize = 2;
+    pub const MEDIA_TYPE_KEY: usize = 3;
+    pub const RESOURCE_STATE_KEY: usize = 4;
+    pub const START_TS: usize = 5;
+    pub const END_TS: usize = 6;
+    pub const TOTAL_DURATION: usize = 7;
+}
+
+pub static SM_RES_STATE: TableSpec = TableSpec {
+    table: Table::SmResState,
+    name: "sm_res_state_fact",
+    columns: &[
+        int("sm_res_state_fact_key"),
+        int("tenant_key"),
+        int("resource_key"),
+        int("media_type_key"),
+        int("resource_state_key"),
+        int("start_ts"),
+        int("end_ts"),
+        int("total_duration"),
+    ],
+};
+
+/// Slots of `sm_res_session_fact`.
+pub mod session_fact {
+    pub const ID: usize = 0;
+    pub const TENANT_KEY: usize = 1;
+    pub const RESOURCE_KEY: usize = 2;
+    pub const MEDIA_TYPE_KEY: usize = 3;
+    pub const START_TS: usize = 4;
+    pub const END_TS: usize = 5;
+    pub const TOTAL_DURATION: usize = 6;
+}
+
+pub static SM_RES_SESSION: TableSpec = TableSpec {
+    table: Table::SmResSession,
+    name: "sm_res_session_fact",
+    columns: &[
+        int("sm_res_session_fact_key"),
+        int("tenant_key"),
+        int("resource_key"),
+        int("media_type_key"),
+        int("start_ts"),
+        int("end_ts"),
+        int("total_duration"),
+    ],
+};
+
 /// Slots of `tenant`.
 pub mod tenant {
     pub const KEY: usize = 0;
@@ -167,16 +263,46 @@ pub static TECHNICAL_DESCRIPTOR: TableSpec = TableSpec {
     ],
 };
 
+/// Slots of `resource_state`.
+pub mod resource_state {
+    pub const KEY: usize = 0;
+    pub const STATE_TYPE: usize = 1;
+    pub const STATE_NAME: usize = 2;
+}
+
+pub static RESOURCE_STATE: TableSpec = TableSpec {
+    table: Table::ResourceState,
+    name: "resource_state",
+    columns: &[
+        int("resource_state_key"),
+        text("state_type"),
+        text("state_name"),
+    ],
+};
+
 /// Every table raa reads; the publication covers exactly these.
-pub static TABLES: [&TableSpec; 4] = [&IRF, &TENANT, &RESOURCE, &TECHNICAL_DESCRIPTOR];
+pub static TABLES: [&TableSpec; 8] = [
+    &IRF,
+    &MSF,
+    &SM_RES_STATE,
+    &SM_RES_SESSION,
+    &TENANT,
+    &RESOURCE,
+    &TECHNICAL_DESCRIPTOR,
+    &RESOURCE_STATE,
+];
 
 impl Table {
     pub fn spec(self) -> &'static TableSpec {
         match self {
             Table::Irf => &IRF,
+            Table::Msf => &MSF,
+            Table::SmResState => &SM_RES_STATE,
+            Table::SmResSession => &SM_RES_SESSION,
             Table::Tenant => &TENANT,
             Table::Resource => &RESOURCE,
             Table::TechnicalDescriptor => &TECHNICAL_DESCRIPTOR,
+            Table::ResourceState => &RESOURCE_STATE,
         }
     }
 
@@ -257,7 +383,28 @@ mod tests {
             TECHNICAL_DESCRIPTOR.slot("resource_role"),
             Some(technical_descriptor::RESOURCE_ROLE)
         );
+        assert_eq!(MSF.slot("target_irf_id"), Some(msf::TARGET_IRF_ID));
+        assert_eq!(MSF.slot("start_ts"), Some(msf::START_TS));
+        assert_eq!(
+            MSF.slot("met_service_objective_flag"),
+            Some(msf::MET_SERVICE_OBJECTIVE_FLAG)
+        );
+        assert_eq!(
+            SM_RES_STATE.slot("resource_state_key"),
+            Some(state_fact::RESOURCE_STATE_KEY)
+        );
+        assert_eq!(SM_RES_STATE.slot("end_ts"), Some(state_fact::END_TS));
+        assert_eq!(
+            SM_RES_SESSION.slot("total_duration"),
+            Some(session_fact::TOTAL_DURATION)
+        );
+        assert_eq!(
+            RESOURCE_STATE.slot("state_type"),
+            Some(resource_state::STATE_TYPE)
+        );
+        assert_eq!(Table::Irf, TABLES.iter().map(|s| s.table).min().unwrap());
         for spec in TABLES {
+            assert_eq!(spec.table.spec().name, spec.name);
             assert_eq!(spec.columns[0].kind, Kind::Int, "{} key", spec.name);
             assert_eq!(Table::by_name(spec.name), Some(spec.table));
         }

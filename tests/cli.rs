@@ -76,6 +76,46 @@ async fn init_run_verify_and_catch_tampering() {
         text(&out)
     );
     assert!(!stdout.contains("ag2_agent_day"), "{}", text(&out));
+
+    // Slices: the tampered table in a range holding it, other slices clean.
+    let slice = |args: &[&str]| {
+        let mut all = vec!["verify"];
+        all.extend_from_slice(args);
+        raa(&all, &db, state.path())
+    };
+    let out = slice(&[
+        "--family",
+        "agent",
+        "--level",
+        "hour",
+        "--from",
+        "2000-01-01T00:00:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ag2_agent_hour: 1 rows expected"),
+        "{}",
+        text(&out)
+    );
+    for clean in [
+        &["--family", "agent", "--level", "day"][..],
+        &["--level", "hour", "--to", "0"][..],
+        &["--family", "queue"][..],
+    ] {
+        let out = slice(clean);
+        assert!(out.status.success(), "{clean:?}: {}", text(&out));
+    }
+    let out = slice(&["--family", "agents"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("i_session"),
+        "{}",
+        text(&out)
+    );
+    let out = slice(&["--level", "decade"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = slice(&["--from", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
 #[test]

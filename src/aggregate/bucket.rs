@@ -95,6 +95,36 @@ impl Level {
         }
     }
 
+    /// For a day-or-longer level, the first instant after the bucket that
+    /// starts at `start` (the start of the next bucket); `None` for sub-hour
+    /// and hour buckets, which are cheap to compute anew.
+    pub fn next_start(self, start: i64, tz: &TimeZone) -> Result<Option<i64>, BucketError> {
+        let err = |source| BucketError {
+            level: self,
+            ts: start,
+            zone: tz.iana_name().unwrap_or("(fixed offset)").to_owned(),
+            source,
+        };
+        let span = match self {
+            Level::Subhr | Level::Hour => return Ok(None),
+            Level::Day => jiff::Span::new().days(1),
+            Level::Week => jiff::Span::new().days(7),
+            Level::Month => jiff::Span::new().months(1),
+            Level::Qrtr => jiff::Span::new().months(3),
+            Level::Year => jiff::Span::new().years(1),
+        };
+        let first = Timestamp::from_second(start)
+            .map_err(err)?
+            .to_zoned_datetime(tz.clone())
+            .date();
+        let next = first
+            .checked_add(span)
+            .and_then(|d| d.to_zoned_datetime(tz.clone()))
+            .and_then(|z| z.start_of_day())
+            .map_err(err)?;
+        Ok(Some(next.timestamp().as_second()))
+    }
+
     /// The first local day of the day-or-longer bucket holding `date`.
     fn first_day(self, date: Date) -> Result<Date, jiff::Error> {
         match self {
@@ -229,6 +259,27 @@ mod tests {
             b(Level::Qrtr, "2026-02-14T12:00:00Z", z),
             ts("2025-12-31T23:00:00Z")
         );
+    }
+
+    proptest::proptest! {
+        /// A day-or-longer bucket runs exactly up to `next_start`, where the
+        /// next bucket starts.
+        #[test]
+        fn next_start_is_where_the_next_bucket_starts(
+            t in 1_577_836_800_i64..1_893_456_000,
+            zone_idx in 0_usize..5,
+            level_idx in 2_usize..7,
+        ) {
+            let z = ["America/New_York", "Asia/Kolkata", "Europe/Berlin",
+                     "Australia/Lord_Howe", "UTC"][zone_idx];
+            let tz = zone(Some(z)).unwrap();
+            let level = Level::ALL[level_idx];
+            let start = level.bucket(t, &tz, 900).unwrap();
+            let next = level.next_start(start, &tz).unwrap().unwrap();
+            proptest::prop_assert!(start <= t && t < next);
+            proptest::prop_assert_eq!(level.bucket(next - 1, &tz, 900).unwrap(), start);
+            proptest::prop_assert_eq!(level.bucket(next, &tz, 900).unwrap(), next);
+        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The aggregate engine: applies source transactions to the state.
 //!
-//! Every fact change costs O(1) state reads and writes, whatever the table
-//! size: the fact's previous contribution is read from its stored record and
-//! retracted, the new one added. A dimension change re-derives only the facts
-//! that reference that dimension row (found through the dimension index).
+//! Every fact change costs O(buckets it touches) state reads and writes,
+//! whatever the table size — one per level for a disposition fact, one per
+//! bucket overlapped for an interval fact: the fact's previous contribution is
+//! read from its stored record and retracted, the new one added. A dimension
+//! change (a tenant's zone included) re-derives only the facts that reference
+//! that dimension row (found through the dimension index), so the aggregates
+//! always reflect the current dimension rows.
 //!
 //! Changes accumulate in a [`Work`] (an overlay over the store) until the
 //! pipeline ends a batch with [`Engine::finish`], which yields one atomic
@@ -14,7 +17,7 @@
 use super::accum::{Accum, RetractError};
 use super::bucket::{self, BucketError, Level};
 use super::catalog::FAMILIES;
-use super::family::{Contribution, Dim, DimRows, Family, Params};
+use super::family::{Contribution, Dim, DimRows, Family, Params, Placing};
 use super::keys::{AccumKey, DimKey, FactKey, IndexKey};
 use crate::decode::{Change, Transaction, Tuple};
 use crate::schema::{self, Row, RowKey, Table, Value};
@@ -37,7 +40,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            levels: vec![Level::Subhr, Level::Hour, Level::Day],
+            levels: Level::ALL.to_vec(),
             subhr_seconds: 900,
             params: Params {
                 service_level_threshold: 20,
@@ -389,54 +392,46 @@ impl Engine {
     /// The fact's contributions to every family reading its table.
     fn contribute(&mut self, fk: FactKey, row: &Row) -> Result<Vec<Contribution>, AggregateError> {
         let spec = fk.table.spec();
+        let zone_name = Dim::Tenant
+            .fk_slot(spec)
+            .and_then(|slot| row.int(slot))
+            .and_then(|k| {
+                self.dims.get(&DimKey {
+                    table: Table::Tenant,
+                    key: RowKey(k),
+                })
+            })
+            .and_then(|t| t.get(schema::tenant::TIME_ZONE).as_text())
+            .map(str::to_owned);
+        let tz = self.zone(zone_name.as_deref());
+        let at = Placing {
+            levels: &self.settings.levels,
+            tz: &tz,
+            subhr_seconds: self.settings.subhr_seconds,
+            params: &self.settings.params,
+        };
+        let dims = DimRows::new(|dim: Dim| {
+            let k = row.int(dim.fk_slot(spec)?)?;
+            self.dims.get(&DimKey {
+                table: dim.table(),
+                key: RowKey(k),
+            })
+        });
         let mut out = Vec::new();
         for (idx, family) in FAMILIES
             .iter()
             .enumerate()
             .filter(|(_, f)| f.source == fk.table)
         {
-            let lookup = |dim: Dim| {
-                let k = row.int(dim.fk_slot(spec)?)?;
-                self.dims.get(&DimKey {
-                    table: dim.table(),
-                    key: RowKey(k),
-                })
-            };
-            let dims = DimRows {
-                tenant: lookup(Dim::Tenant),
-                resource: lookup(Dim::Resource),
-                technical_descriptor: lookup(Dim::TechnicalDescriptor),
-            };
-            if !family.includes(row, &dims) {
-                continue;
-            }
-            let Some(ts) = family.timestamp(row) else {
-                continue;
-            };
-            let zone_name = dims
-                .tenant
-                .and_then(|t| t.get(schema::tenant::TIME_ZONE).as_text())
-                .map(str::to_owned);
-            let values = family.values(row, &dims, &self.settings.params);
-            let group = family.group(row);
-            let tz = self.zone(zone_name.as_deref());
-            let buckets = self
-                .settings
-                .levels
-                .iter()
-                .map(|l| l.bucket(ts, &tz, self.settings.subhr_seconds))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| AggregateError::Bucket {
-                    table: spec.name,
-                    key: fk.key.0,
-                    source,
-                })?;
-            out.push(Contribution {
-                family: idx as u16,
-                group,
-                buckets,
-                values,
-            });
+            let contribution =
+                family
+                    .contribute(idx as u16, row, &dims, &at)
+                    .map_err(|source| AggregateError::Bucket {
+                        table: spec.name,
+                        key: fk.key.0,
+                        source,
+                    })?;
+            out.extend(contribution);
         }
         Ok(out)
     }
@@ -485,9 +480,15 @@ impl Engine {
     ) -> Result<(), AggregateError> {
         for c in contribs {
             let family = FAMILIES[usize::from(c.family)];
-            for key in self.accum_keys(c) {
+            for (level, bucket, values) in c.cells(&self.settings.levels) {
+                let key = AccumKey {
+                    family: c.family,
+                    level,
+                    bucket,
+                    group: c.group.clone(),
+                };
                 self.accum(w, key, family)?
-                    .apply(family, &c.values, sign)
+                    .apply(family, values, sign)
                     .map_err(|source| AggregateError::Retract {
                         table: fk.table.name(),
                         key: fk.key.0,
@@ -496,19 +497,6 @@ impl Engine {
             }
         }
         Ok(())
-    }
-
-    fn accum_keys<'c>(&'c self, c: &'c Contribution) -> impl Iterator<Item = AccumKey> + 'c {
-        self.settings
-            .levels
-            .iter()
-            .zip(&c.buckets)
-            .map(|(&level, &bucket)| AccumKey {
-                family: c.family,
-                level,
-                bucket,
-                group: c.group.clone(),
-            })
     }
 
     fn accum<'w>(

@@ -2,46 +2,55 @@
 //! declared once (see [`super::catalog`]) and interpreted twice:
 //! - evaluated in Rust on one fact to get its contribution ([`Family::contribute`]);
 //! - rendered to SQL for the aggregate table DDL, the sink statements and the
-//!   reference query that `raa verify` diffs against.
+//!   reference query that `raa verify` diffs against ([`super::sql`]).
 //!
 //! NULL semantics are the same on both sides: a measure expression reads a NULL
 //! column as 0 (SQL: `coalesce`), a predicate on a NULL column or a missing
 //! dimension row is false (SQL: NULL in a `FILTER`/`WHERE` is not true).
+//!
+//! Time attribution ([`Attribution`]): a disposition family puts a fact
+//! wholly in the bucket of one timestamp. An interval family splits the
+//! period `[start, end)` across the buckets it overlaps ([`super::interval`]):
+//! [`Agg::Seconds`] measures are split by the seconds in each bucket, while
+//! `Count` and `Sum` measures go to the bucket where the period starts (so a
+//! `Count` is "periods that start in the bucket") and `Max` sees the fact in
+//! every bucket it touches. A period with a NULL end is open and contributes
+//! nothing until it closes.
 
-use super::bucket::Level;
+use super::bucket::{BucketError, Level};
+use super::interval;
 use crate::schema::{Row, Table, TableSpec};
+use jiff::tz::TimeZone;
 
 /// A dimension a fact references through the foreign key of the same name
-/// (`tenant_key`, `resource_key`, `technical_descriptor_key`).
+/// (`tenant_key`, `resource_key`, `technical_descriptor_key`, `resource_state_key`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dim {
     Tenant,
     Resource,
     TechnicalDescriptor,
+    ResourceState,
 }
 
 impl Dim {
-    pub const ALL: [Dim; 3] = [Dim::Tenant, Dim::Resource, Dim::TechnicalDescriptor];
+    pub const ALL: [Dim; 4] = [
+        Dim::Tenant,
+        Dim::Resource,
+        Dim::TechnicalDescriptor,
+        Dim::ResourceState,
+    ];
 
     pub fn table(self) -> Table {
         match self {
             Dim::Tenant => Table::Tenant,
             Dim::Resource => Table::Resource,
             Dim::TechnicalDescriptor => Table::TechnicalDescriptor,
+            Dim::ResourceState => Table::ResourceState,
         }
     }
 
     pub fn of_table(table: Table) -> Option<Dim> {
         Dim::ALL.into_iter().find(|d| d.table() == table)
-    }
-
-    /// The alias of the dimension in rendered SQL.
-    fn alias(self) -> &'static str {
-        match self {
-            Dim::Tenant => "tn",
-            Dim::Resource => "r",
-            Dim::TechnicalDescriptor => "td",
-        }
     }
 
     /// The slot of the foreign key in `fact`: the column named like the
@@ -51,21 +60,19 @@ impl Dim {
     }
 }
 
-/// The dimension rows a fact references, as looked up when it is applied.
+/// The dimension rows a fact references, as looked up when it is applied,
+/// indexed like [`Dim::ALL`].
 #[derive(Clone, Copy, Default)]
-pub struct DimRows<'a> {
-    pub tenant: Option<&'a Row>,
-    pub resource: Option<&'a Row>,
-    pub technical_descriptor: Option<&'a Row>,
-}
+pub struct DimRows<'a>(pub [Option<&'a Row>; Dim::ALL.len()]);
 
 impl<'a> DimRows<'a> {
-    fn get(&self, dim: Dim) -> Option<&'a Row> {
-        match dim {
-            Dim::Tenant => self.tenant,
-            Dim::Resource => self.resource,
-            Dim::TechnicalDescriptor => self.technical_descriptor,
-        }
+    /// Looks every dimension up with `lookup`.
+    pub fn new(lookup: impl FnMut(Dim) -> Option<&'a Row>) -> DimRows<'a> {
+        DimRows(Dim::ALL.map(lookup))
+    }
+
+    pub fn get(&self, dim: Dim) -> Option<&'a Row> {
+        self.0[dim as usize]
     }
 }
 
@@ -84,7 +91,7 @@ pub struct Params {
 }
 
 impl Params {
-    fn get(&self, p: Param) -> i64 {
+    pub(super) fn get(&self, p: Param) -> i64 {
         match p {
             Param::ServiceLevelThreshold => self.service_level_threshold,
         }
@@ -117,8 +124,12 @@ pub enum Pred {
     Always,
     /// fact column `cmp` operand.
     Int(usize, Cmp, Operand),
+    /// fact column is not NULL.
+    NotNull(usize),
     /// dimension text column is one of the values.
     DimIn(Dim, usize, &'static [&'static str]),
+    /// the referenced dimension row exists (an inner join).
+    DimPresent(Dim),
     All(&'static [Pred]),
 }
 
@@ -131,6 +142,9 @@ pub enum Agg {
     Sum(IntExpr, Pred),
     /// Largest value of the expression; retractable (kept as a counted multiset).
     Max(IntExpr),
+    /// Seconds of the fact's period inside the bucket, for facts matching
+    /// the predicate (interval attribution; 0 under disposition).
+    Seconds(Pred),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -144,6 +158,9 @@ pub struct Measure {
 pub enum Attribution {
     /// Wholly to the bucket of this timestamp column.
     Disposition { ts: usize },
+    /// Split across the buckets `[start, end)` overlaps; a NULL `end` is an
+    /// open period, which contributes nothing.
+    Interval { start: usize, end: usize },
 }
 
 #[derive(Debug)]
@@ -158,14 +175,60 @@ pub struct Family {
     pub measures: &'static [Measure],
 }
 
-/// One fact's contribution to one family: the group, the bucket per level,
-/// and the per-measure values (for `Max` measures, the candidate value).
+/// One fact's contribution to one family: the group, and per level the
+/// buckets it touches with the per-measure values it puts there (for `Max`
+/// measures, the candidate value). Stored with the fact, so a retraction
+/// removes exactly what was added whatever changed since.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Contribution {
     pub family: u16,
     pub group: Vec<Option<i64>>,
-    pub buckets: Vec<i64>,
+    pub cells: Cells,
+}
+
+/// Where a contribution lands, per level (aligned with the settings' levels).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Cells {
+    /// Disposition: the same values in one bucket per level (kept once, not per level).
+    Whole { buckets: Vec<i64>, values: Vec<i64> },
+    /// Interval: per level, each bucket the period touches and its values there.
+    Split(Vec<Vec<Cell>>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cell {
+    pub bucket: i64,
     pub values: Vec<i64>,
+}
+
+impl Contribution {
+    /// Every (level, bucket, values) the contribution touches.
+    pub fn cells<'a>(&'a self, levels: &'a [Level]) -> Vec<(Level, i64, &'a [i64])> {
+        match &self.cells {
+            Cells::Whole { buckets, values } => levels
+                .iter()
+                .zip(buckets)
+                .map(|(&l, &b)| (l, b, values.as_slice()))
+                .collect(),
+            Cells::Split(per_level) => levels
+                .iter()
+                .zip(per_level)
+                .flat_map(|(&l, cells)| {
+                    cells
+                        .iter()
+                        .map(move |c| (l, c.bucket, c.values.as_slice()))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a fact's contribution is computed with, besides the fact and its dimensions.
+pub struct Placing<'a> {
+    pub levels: &'a [Level],
+    pub tz: &'a TimeZone,
+    pub subhr_seconds: i64,
+    pub params: &'a Params,
 }
 
 impl Family {
@@ -181,7 +244,7 @@ impl Family {
         visit(&self.filter);
         for m in self.measures {
             match m.agg {
-                Agg::Count(p) | Agg::Sum(_, p) => visit(&p),
+                Agg::Count(p) | Agg::Sum(_, p) | Agg::Seconds(p) => visit(&p),
                 Agg::Max(_) => {}
             }
         }
@@ -190,32 +253,95 @@ impl Family {
         out
     }
 
-    /// The fact's timestamp, or `None` when the fact cannot be placed (NULL).
-    pub fn timestamp(&self, row: &Row) -> Option<i64> {
+    /// The fact's period: its start and, for interval families, its end.
+    /// `None` when the fact cannot be placed (NULL start) or is still open (NULL end).
+    pub fn period(&self, row: &Row) -> Option<(i64, Option<i64>)> {
         match self.attribution {
-            Attribution::Disposition { ts } => row.int(ts),
+            Attribution::Disposition { ts } => Some((row.int(ts)?, None)),
+            Attribution::Interval { start, end } => Some((row.int(start)?, Some(row.int(end)?))),
         }
     }
 
     /// Whether the fact counts in this family, given its dimensions.
     pub fn includes(&self, row: &Row, dims: &DimRows<'_>) -> bool {
-        self.timestamp(row).is_some() && self.filter.eval(row, dims, None)
+        self.period(row).is_some() && self.filter.eval(row, dims, None)
     }
 
-    /// The per-measure values of one included fact.
-    pub fn values(&self, row: &Row, dims: &DimRows<'_>, params: &Params) -> Vec<i64> {
+    /// The fact's contribution to this family (`idx` in the catalog), or
+    /// `None` when the family does not count it.
+    pub fn contribute(
+        &self,
+        idx: u16,
+        row: &Row,
+        dims: &DimRows<'_>,
+        at: &Placing<'_>,
+    ) -> Result<Option<Contribution>, BucketError> {
+        let Some((start, end)) = self.period(row) else {
+            return Ok(None);
+        };
+        if !self.filter.eval(row, dims, None) {
+            return Ok(None);
+        }
+        let cells = match end {
+            None => Cells::Whole {
+                buckets: at
+                    .levels
+                    .iter()
+                    .map(|l| l.bucket(start, at.tz, at.subhr_seconds))
+                    .collect::<Result<_, _>>()?,
+                values: self.values(row, dims, at.params, 0, true),
+            },
+            Some(end) => Cells::Split(
+                interval::split(start, end, at.levels, at.tz, at.subhr_seconds)?
+                    .into_iter()
+                    .map(|overlaps| {
+                        overlaps
+                            .into_iter()
+                            .map(|o| Cell {
+                                bucket: o.bucket,
+                                values: self.values(row, dims, at.params, o.seconds, o.starts),
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(Some(Contribution {
+            family: idx,
+            group: self.group(row),
+            cells,
+        }))
+    }
+
+    /// The per-measure values of one included fact in one bucket, where it
+    /// spends `seconds` and which it `starts` in (always, under disposition).
+    pub fn values(
+        &self,
+        row: &Row,
+        dims: &DimRows<'_>,
+        params: &Params,
+        seconds: i64,
+        starts: bool,
+    ) -> Vec<i64> {
         self.measures
             .iter()
             .map(|m| match m.agg {
-                Agg::Count(p) => i64::from(p.eval(row, dims, Some(params))),
+                Agg::Count(p) => i64::from(starts && p.eval(row, dims, Some(params))),
                 Agg::Sum(e, p) => {
-                    if p.eval(row, dims, Some(params)) {
+                    if starts && p.eval(row, dims, Some(params)) {
                         e.eval(row)
                     } else {
                         0
                     }
                 }
                 Agg::Max(e) => e.eval(row),
+                Agg::Seconds(p) => {
+                    if p.eval(row, dims, Some(params)) {
+                        seconds
+                    } else {
+                        0
+                    }
+                }
             })
             .collect()
     }
@@ -236,79 +362,6 @@ impl Family {
 
     pub fn table_name(&self, level: Level) -> String {
         format!("ag2_{}_{}", self.name, level.name())
-    }
-
-    /// `CREATE TABLE IF NOT EXISTS` for one level. The unique key treats NULL
-    /// group values as equal, since a NULL key is a group of its own.
-    pub fn ddl(&self, level: Level) -> String {
-        let table = self.table_name(level);
-        let mut cols = vec!["    date_time_key bigint NOT NULL".to_owned()];
-        cols.extend(self.group_columns().map(|c| format!("    {c} integer")));
-        for m in self.measures {
-            let null = if matches!(m.agg, Agg::Max(_)) {
-                ""
-            } else {
-                " NOT NULL"
-            };
-            cols.push(format!("    {} bigint{null}", m.name));
-        }
-        let key: Vec<&str> = self.key_columns().collect();
-        cols.push(format!(
-            "    CONSTRAINT {table}_key UNIQUE NULLS NOT DISTINCT ({})",
-            key.join(", ")
-        ));
-        format!(
-            "CREATE TABLE IF NOT EXISTS {table} (\n{}\n);\n",
-            cols.join(",\n")
-        )
-    }
-
-    /// The reference query: the family at `level` recomputed from the facts,
-    /// with the same columns, in the same order, as the aggregate table.
-    pub fn reference_sql(&self, level: Level, params: &Params, subhr_seconds: i64) -> String {
-        let spec = self.source_spec();
-        let ts = match self.attribution {
-            Attribution::Disposition { ts } => format!("f.{}", spec.columns[ts].name),
-        };
-        let tz = "(CASE WHEN tn.time_zone IN (SELECT name FROM pg_timezone_names) \
-                  THEN tn.time_zone ELSE 'UTC' END)";
-        let mut select = vec![format!(
-            "{} AS date_time_key",
-            level.sql_bucket(&ts, tz, subhr_seconds)
-        )];
-        select.extend(self.group_columns().map(|c| format!("f.{c}")));
-        for m in self.measures {
-            let expr = match m.agg {
-                Agg::Count(p) => format!("count(*) FILTER (WHERE {})", p.sql(spec, params)),
-                Agg::Sum(e, p) => format!(
-                    "coalesce(sum({}) FILTER (WHERE {}), 0)",
-                    e.sql(spec),
-                    p.sql(spec, params)
-                ),
-                Agg::Max(e) => format!("max({})", e.sql(spec)),
-            };
-            select.push(format!("{expr}::bigint AS {}", m.name));
-        }
-        let mut from = format!("{} f", spec.name);
-        for dim in self.dims() {
-            let dspec = dim.table().spec();
-            let key = dspec.columns[0].name;
-            from.push_str(&format!(
-                "\n  LEFT JOIN {} {} ON {}.{key} = f.{key}",
-                dspec.name,
-                dim.alias(),
-                dim.alias()
-            ));
-        }
-        let group: Vec<String> = (1..=1 + self.group_by.len())
-            .map(|i| i.to_string())
-            .collect();
-        format!(
-            "SELECT {}\nFROM {from}\nWHERE {ts} IS NOT NULL AND {}\nGROUP BY {}",
-            select.join(",\n       "),
-            self.filter.sql(spec, params),
-            group.join(", ")
-        )
     }
 }
 
@@ -333,53 +386,21 @@ impl Pred {
                     Cmp::Le => lhs <= rhs,
                 }
             }
+            Pred::NotNull(slot) => row.int(slot).is_some(),
             Pred::DimIn(dim, slot, values) => dims
                 .get(dim)
                 .and_then(|r| r.get(slot).as_text())
                 .is_some_and(|v| values.contains(&v)),
+            Pred::DimPresent(dim) => dims.get(dim).is_some(),
             Pred::All(ps) => ps.iter().all(|p| p.eval(row, dims, params)),
         }
     }
 
     fn dims(&self, out: &mut Vec<Dim>) {
         match self {
-            Pred::DimIn(d, _, _) => out.push(*d),
+            Pred::DimIn(d, _, _) | Pred::DimPresent(d) => out.push(*d),
             Pred::All(ps) => ps.iter().for_each(|p| p.dims(out)),
-            Pred::Always | Pred::Int(..) => {}
-        }
-    }
-
-    fn sql(&self, spec: &TableSpec, params: &Params) -> String {
-        match *self {
-            Pred::Always => "TRUE".to_owned(),
-            Pred::Int(slot, cmp, rhs) => {
-                let rhs = match rhs {
-                    Operand::Lit(v) => v,
-                    Operand::Param(p) => params.get(p),
-                };
-                let op = match cmp {
-                    Cmp::Eq => "=",
-                    Cmp::Gt => ">",
-                    Cmp::Le => "<=",
-                };
-                format!("f.{} {op} {rhs}", spec.columns[slot].name)
-            }
-            Pred::DimIn(dim, slot, values) => {
-                let list: Vec<String> = values
-                    .iter()
-                    .map(|v| format!("'{}'", v.replace('\'', "''")))
-                    .collect();
-                format!(
-                    "{}.{} IN ({})",
-                    dim.alias(),
-                    dim.table().spec().columns[slot].name,
-                    list.join(", ")
-                )
-            }
-            Pred::All(ps) => {
-                let parts: Vec<String> = ps.iter().map(|p| p.sql(spec, params)).collect();
-                format!("({})", parts.join(" AND "))
-            }
+            Pred::Always | Pred::Int(..) | Pred::NotNull(_) => {}
         }
     }
 }
@@ -389,17 +410,6 @@ impl IntExpr {
         match *self {
             IntExpr::Col(s) => row.int_or_zero(s),
             IntExpr::Add(slots) => slots.iter().map(|&s| row.int_or_zero(s)).sum(),
-        }
-    }
-
-    fn sql(&self, spec: &TableSpec) -> String {
-        let col = |s: usize| format!("coalesce(f.{}, 0)", spec.columns[s].name);
-        match *self {
-            IntExpr::Col(s) => col(s),
-            IntExpr::Add(slots) => {
-                let parts: Vec<String> = slots.iter().map(|&s| col(s)).collect();
-                format!("({})", parts.join(" + "))
-            }
         }
     }
 }

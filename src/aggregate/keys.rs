@@ -21,9 +21,13 @@ fn get_i64(bytes: &[u8]) -> Option<i64> {
 pub fn table_code(t: Table) -> u8 {
     match t {
         Table::Irf => 1,
+        Table::Msf => 2,
+        Table::SmResState => 3,
+        Table::SmResSession => 4,
         Table::Tenant => 10,
         Table::Resource => 11,
         Table::TechnicalDescriptor => 12,
+        Table::ResourceState => 13,
     }
 }
 
@@ -182,6 +186,20 @@ mod tests {
         let mut v = Vec::new();
         k.encode_key(&mut v);
         v
+    }
+
+    #[test]
+    fn table_codes_are_unique_and_decode() {
+        let mut codes: Vec<u8> = crate::schema::TABLES
+            .iter()
+            .map(|s| table_code(s.table))
+            .collect();
+        for spec in crate::schema::TABLES {
+            assert_eq!(table_of_code(table_code(spec.table)), Some(spec.table));
+        }
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), crate::schema::TABLES.len());
     }
 
     proptest! {

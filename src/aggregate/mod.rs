@@ -5,13 +5,17 @@
 //! - [`bucket`] places instants in time buckets (calendar, zones, DST).
 //! - [`engine`] applies changes to the state with exact retraction;
 //!   [`accum`] is one output row's arithmetic, [`keys`] the state's key layout.
+//! - [`interval`] splits a period across the buckets it overlaps; [`sql`]
+//!   renders the declarations to DDL and `verify`'s reference queries.
 
 pub mod accum;
 pub mod bucket;
 pub mod catalog;
 pub mod engine;
 pub mod family;
+pub mod interval;
 pub mod keys;
+pub mod sql;
 
 pub use bucket::Level;
 pub use engine::{AggregateError, Engine, FactRecord, Output, OutputRow, Settings, Work};

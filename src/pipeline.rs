@@ -368,6 +368,7 @@ impl<S: Sink> Pipeline<S> {
                 .put_meta(SINK_WRITTEN, &true)
                 .map_err(|source| PipelineError::State { lsn: end, source })?;
             self.summary.sink_secs += started.elapsed().as_secs_f64();
+            crate::ops::metrics::metrics().sink_committed(out.rows.len(), started.elapsed());
             self.sink_commits += 1;
             let here = Failpoint::AfterSinkCommit(self.sink_commits);
             if self.failpoint == Some(here) {
@@ -380,6 +381,7 @@ impl<S: Sink> Pipeline<S> {
         let committed = blocking(|| store.commit(out.state, end));
         self.summary.state_secs += started.elapsed().as_secs_f64();
         committed.map_err(|source| PipelineError::State { lsn: end, source })?;
+        crate::ops::metrics::metrics().state_committed(end, started.elapsed());
         self.durable = end;
         self.summary.durable = end;
         self.summary.batches += 1;

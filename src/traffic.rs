@@ -1,0 +1,717 @@
+//! Live Info Mart traffic for load tests: calls arriving at a target rate, as
+//! Info Mart's ETL would write them, through ordinary SQL.
+//!
+//! Calls arrive as a Poisson process. Each call's rows are inserted when it
+//! starts and updated as it progresses, so raa sees the update-heavy stream
+//! of a real Info Mart rather than inserts of finished facts:
+//!
+//! | when | rows |
+//! |---|---|
+//! | the call arrives | MSF (queue segment) and IRF (agent leg, ringing) inserted |
+//! | the agent answers | MSF closed; IRF ring time; agent state `Busy` inserted |
+//! | the call ends | IRF talk/hold time; `Busy` closed; `AfterCallWork` inserted |
+//! | wrap-up ends | IRF wrap time; `AfterCallWork` closed |
+//!
+//! A share of calls is abandoned while ringing; a share of finished IRF rows
+//! is deleted a little later; a share of facts arrives late (finished calls of
+//! past hours and days). Agents' sessions (`sm_res_session_fact`) open at the
+//! start and close at the end. Call phases last seconds (time is compressed)
+//! and the durations written are the real ones.
+//!
+//! The arrival rate is the target change rate divided by the changes a call
+//! makes ([`CHANGES_PER_CALL`]); the achieved rate is reported. When the
+//! duration ends (or on SIGINT/SIGTERM), arrivals stop and the calls in
+//! progress are finished at once, so the tables end consistent.
+//! This module is separate from [`crate::loadgen`], whose seeded batch
+//! generator serves tests and benchmarks.
+
+use crate::loadgen::{AGENTS, TENANTS};
+use crate::ops::shutdown::Shutdown;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+
+/// Row changes a call that is answered makes (see the table above).
+pub const CHANGES_PER_CALL: f64 = 10.0;
+
+/// Queues (`resource_` rows of type Queue) that [`crate::loadgen`] creates.
+const QUEUES: std::ops::Range<i64> = 1000..1008;
+
+/// Agent states (`resource_state` rows).
+const READY: i64 = 1;
+const BUSY: i64 = 2;
+const AFTER_CALL_WORK: i64 = 3;
+const RESOURCE_STATES: [(i32, &str); 4] = [
+    (1, "Ready"),
+    (2, "Busy"),
+    (3, "AfterCallWork"),
+    (4, "NotReady"),
+];
+
+/// `technical_descriptor` keys as [`crate::loadgen`] numbers them
+/// (result × role): Completed/Received and Abandoned/Received.
+const TD_COMPLETED: i64 = 1;
+const TD_ABANDONED: i64 = 5;
+
+/// The traffic to generate.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Target row changes per second.
+    pub rate: f64,
+    pub duration: Duration,
+    pub seed: u64,
+    /// Share of calls abandoned while ringing.
+    pub abandon_share: f64,
+    /// Extra late facts, as a share of calls.
+    pub late_share: f64,
+    /// Share of finished IRF rows deleted later.
+    pub delete_share: f64,
+    /// Mean talk time of a call (real seconds).
+    pub mean_talk: Duration,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            rate: 100.0,
+            duration: Duration::from_secs(60),
+            seed: 1,
+            abandon_share: 0.08,
+            late_share: 0.05,
+            delete_share: 0.02,
+            mean_talk: Duration::from_secs(8),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrafficError {
+    #[error("the rate must be a positive number of changes per second, not {0}")]
+    BadRate(f64),
+    #[error("writing traffic failed")]
+    Sql(#[from] tokio_postgres::Error),
+}
+
+/// What a run wrote.
+#[derive(Clone, Debug, Default)]
+pub struct Done {
+    pub calls: u64,
+    pub changes: u64,
+    pub transactions: u64,
+    pub secs: f64,
+}
+
+impl fmt::Display for Done {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "wrote {} calls: {} row changes in {} transactions in {:.1}s ({:.0} changes/s)",
+            self.calls,
+            self.changes,
+            self.transactions,
+            self.secs,
+            self.changes as f64 / self.secs.max(1e-9)
+        )
+    }
+}
+
+/// A call in progress.
+#[derive(Clone, Debug)]
+struct Call {
+    irf: i64,
+    msf: i64,
+    tenant: i64,
+    agent: i64,
+    start_ts: i64,
+    ring: i64,
+    talk: i64,
+    /// The agent-state row open for this call (Busy, then AfterCallWork).
+    state_row: i64,
+}
+
+#[derive(Clone, Debug)]
+enum Event {
+    Answer(Call),
+    Abandon(Call),
+    HangUp(Call),
+    WrapUpEnds(Call),
+    Delete(i64),
+}
+
+/// Events ordered by due time (milliseconds from the start), then by insertion.
+type Queue = BinaryHeap<Reverse<(u64, u64, Slot)>>;
+
+/// An [`Event`] in the queue; ordered only by its position in the queue.
+#[derive(Debug)]
+struct Slot(Event);
+impl PartialEq for Slot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Slot {}
+impl PartialOrd for Slot {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Slot {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+struct Traffic {
+    rng: StdRng,
+    plan: Plan,
+    queue: Queue,
+    seq: u64,
+    next_irf: i64,
+    next_msf: i64,
+    next_state: i64,
+    next_session: i64,
+    done: Done,
+}
+
+/// An exponential inter-arrival time (seconds) for `rate` events per second:
+/// the gaps of a Poisson process.
+fn exponential(rng: &mut StdRng, rate: f64) -> f64 {
+    let u: f64 = rng.random_range(0.0..1.0);
+    -(1.0 - u).ln() / rate
+}
+
+fn now_ts() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// Generates `plan`'s traffic until its duration ends or shutdown.
+pub async fn run(
+    client: &mut Client,
+    plan: &Plan,
+    mut shutdown: Shutdown,
+) -> Result<Done, TrafficError> {
+    if !(plan.rate.is_finite() && plan.rate > 0.0) {
+        return Err(TrafficError::BadRate(plan.rate));
+    }
+    for (key, name) in RESOURCE_STATES {
+        client
+            .execute(
+                "INSERT INTO resource_state VALUES ($1, 'AgentState', $2) ON CONFLICT DO NOTHING",
+                &[&key, &name],
+            )
+            .await?;
+    }
+    let mut t = Traffic::new(client, plan.clone()).await?;
+    let started = Instant::now();
+    let progress = Progress::new(plan.duration);
+    let sessions = t.open_sessions(client).await?;
+    let calls_per_sec = plan.rate / CHANGES_PER_CALL;
+    let mut next_arrival = t.exponential(calls_per_sec);
+    let end = plan.duration.as_secs_f64();
+    loop {
+        let elapsed = started.elapsed().as_secs_f64();
+        let stopping = elapsed >= end || shutdown.is_triggered();
+        if stopping {
+            break;
+        }
+        // Everything due by now: arrivals and the phases of calls in progress.
+        let now_ms = (elapsed * 1000.0) as u64;
+        let mut arrivals = 0;
+        while next_arrival <= elapsed {
+            arrivals += 1;
+            next_arrival += t.exponential(calls_per_sec);
+        }
+        let due = t.take_due(now_ms);
+        if arrivals > 0 || !due.is_empty() {
+            t.write(client, arrivals, due, now_ms).await?;
+        }
+        progress.tick(&t.done, started.elapsed());
+        let wake = next_arrival
+            .min(t.next_due().map_or(f64::MAX, |ms| ms as f64 / 1000.0))
+            .min(end);
+        let sleep =
+            Duration::from_secs_f64((wake - started.elapsed().as_secs_f64()).clamp(0.001, 0.1));
+        tokio::select! {
+            _ = shutdown.wait() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+    // Finish the calls in progress at once, then close the sessions.
+    while t.next_due().is_some() {
+        let due = t.take_due(u64::MAX);
+        t.write(client, 0, due, u64::MAX).await?;
+    }
+    t.close_sessions(client, sessions).await?;
+    t.done.secs = started.elapsed().as_secs_f64();
+    progress.finish(&t.done);
+    Ok(t.done)
+}
+
+impl Traffic {
+    async fn new(client: &Client, plan: Plan) -> Result<Traffic, TrafficError> {
+        // Continue after the ids present, so runs can follow each other.
+        let next = |table: &str, col: &str| {
+            format!("SELECT coalesce(max({col}), 0)::int8 + 1 FROM {table}")
+        };
+        let mut ids = [0_i64; 4];
+        for (i, (table, col)) in [
+            ("interaction_resource_fact", "interaction_resource_id"),
+            ("mediation_segment_fact", "mediation_segment_id"),
+            ("sm_res_state_fact", "sm_res_state_fact_key"),
+            ("sm_res_session_fact", "sm_res_session_fact_key"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            ids[i] = client.query_one(&next(table, col), &[]).await?.get(0);
+        }
+        Ok(Traffic {
+            rng: StdRng::seed_from_u64(plan.seed),
+            plan,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            next_irf: ids[0],
+            next_msf: ids[1],
+            next_state: ids[2],
+            next_session: ids[3],
+            done: Done::default(),
+        })
+    }
+
+    fn exponential(&mut self, rate: f64) -> f64 {
+        exponential(&mut self.rng, rate)
+    }
+
+    fn schedule(&mut self, at_ms: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at_ms, self.seq, Slot(event))));
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.queue.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    fn take_due(&mut self, now_ms: u64) -> Vec<Event> {
+        let mut due = Vec::new();
+        while self.next_due().is_some_and(|at| at <= now_ms) {
+            if let Some(Reverse((_, _, Slot(e)))) = self.queue.pop() {
+                due.push(e);
+            }
+        }
+        due
+    }
+
+    fn secs_ms(secs: i64) -> u64 {
+        secs.max(0) as u64 * 1000
+    }
+
+    /// Writes `arrivals` new calls and the `due` events in one transaction.
+    async fn write(
+        &mut self,
+        client: &mut Client,
+        arrivals: usize,
+        due: Vec<Event>,
+        now_ms: u64,
+    ) -> Result<(), TrafficError> {
+        let tx = client.transaction().await?;
+        let mut changes = 0;
+        for _ in 0..arrivals {
+            changes += self.arrive(&tx, now_ms).await?;
+        }
+        for event in due {
+            changes += self.apply(&tx, event, now_ms).await?;
+        }
+        tx.commit().await?;
+        self.done.changes += changes;
+        self.done.transactions += 1;
+        Ok(())
+    }
+
+    async fn arrive(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        now_ms: u64,
+    ) -> Result<u64, TrafficError> {
+        self.done.calls += 1;
+        let r = &mut self.rng;
+        let call = Call {
+            irf: self.next_irf,
+            msf: self.next_msf,
+            tenant: r.random_range(1..=TENANTS.len() as i64),
+            agent: r.random_range(1..=AGENTS as i64),
+            start_ts: now_ts(),
+            ring: r.random_range(1..8),
+            talk: 0,
+            state_row: 0,
+        };
+        self.next_irf += 1;
+        self.next_msf += 1;
+        let queue = self.rng.random_range(QUEUES);
+        let media = self.rng.random_range(1..=3_i64);
+        let mut n = tx
+            .execute(
+                "INSERT INTO mediation_segment_fact (mediation_segment_id, tenant_key, interaction_id, \
+                   media_type_key, interaction_type_key, resource_key, technical_descriptor_key, \
+                   start_date_time_key, start_ts, target_irf_id) \
+                 VALUES ($1::int8, $2::int8, $3::int8, $4::int8, 1, $5::int8, $6::int8, $7::int8, $8::int8, $9::int8)",
+                &[&call.msf, &call.tenant, &call.irf, &media, &queue, &TD_COMPLETED,
+                  &(call.start_ts - call.start_ts.rem_euclid(900)), &call.start_ts, &call.irf],
+            )
+            .await?;
+        n += insert_irf(tx, &call, media, TD_COMPLETED, None).await?;
+        let abandon = self.rng.random_bool(self.plan.abandon_share);
+        let at = now_ms + Self::secs_ms(call.ring);
+        self.schedule(
+            at,
+            if abandon {
+                Event::Abandon(call)
+            } else {
+                Event::Answer(call)
+            },
+        );
+        if self.rng.random_bool(self.plan.late_share.min(1.0)) {
+            n += self.late_fact(tx).await?;
+        }
+        Ok(n)
+    }
+
+    /// A finished call of the past hours or days, arriving now.
+    async fn late_fact(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+    ) -> Result<u64, TrafficError> {
+        let r = &mut self.rng;
+        let back = r.random_range(3600..3 * 86_400);
+        let call = Call {
+            irf: self.next_irf,
+            msf: 0,
+            tenant: r.random_range(1..=TENANTS.len() as i64),
+            agent: r.random_range(1..=AGENTS as i64),
+            start_ts: now_ts() - back,
+            ring: r.random_range(1..20),
+            talk: r.random_range(10..600),
+            state_row: 0,
+        };
+        self.next_irf += 1;
+        let wrap = self.rng.random_range(0..120);
+        Ok(insert_irf(tx, &call, 1, TD_COMPLETED, Some(wrap)).await?)
+    }
+
+    async fn apply(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        event: Event,
+        now_ms: u64,
+    ) -> Result<u64, TrafficError> {
+        let n = match event {
+            Event::Answer(mut call) => {
+                let mut n = tx
+                    .execute(
+                        "UPDATE interaction_resource_fact SET ring_duration = $2::int8, talk_count = 1 \
+                         WHERE interaction_resource_id = $1",
+                        &[&call.irf, &call.ring],
+                    )
+                    .await?;
+                n += close_msf(tx, &call, 1).await?;
+                call.state_row = self.open_state(tx, &call, BUSY).await?;
+                n += 1;
+                let mean = self.plan.mean_talk.as_secs_f64().max(1.0);
+                call.talk = (self.exponential(1.0 / mean).ceil() as i64).clamp(1, 120);
+                self.schedule(
+                    now_ms.saturating_add(Self::secs_ms(call.talk)),
+                    Event::HangUp(call),
+                );
+                n
+            }
+            Event::Abandon(call) => {
+                let n = tx
+                    .execute(
+                        "UPDATE interaction_resource_fact SET ring_duration = $2::int8, \
+                           technical_descriptor_key = $3::int8, end_ts = $4::int8 \
+                         WHERE interaction_resource_id = $1",
+                        &[
+                            &call.irf,
+                            &call.ring,
+                            &TD_ABANDONED,
+                            &(call.start_ts + call.ring),
+                        ],
+                    )
+                    .await?;
+                n + close_msf(tx, &call, 0).await?
+            }
+            Event::HangUp(mut call) => {
+                let hold = if self.rng.random_bool(0.3) {
+                    self.rng.random_range(1..30_i64)
+                } else {
+                    0
+                };
+                let mut n = tx
+                    .execute(
+                        "UPDATE interaction_resource_fact SET talk_duration = $2::int8, \
+                           hold_count = $3::int8, hold_duration = $4::int8, end_ts = $5::int8 \
+                         WHERE interaction_resource_id = $1",
+                        &[
+                            &call.irf,
+                            &call.talk,
+                            &i64::from(hold > 0),
+                            &hold,
+                            &(call.start_ts + call.ring + call.talk),
+                        ],
+                    )
+                    .await?;
+                n += close_state(tx, call.state_row).await?;
+                call.state_row = self.open_state(tx, &call, AFTER_CALL_WORK).await?;
+                n += 1;
+                let wrap = self.rng.random_range(1..10);
+                self.schedule(
+                    now_ms.saturating_add(Self::secs_ms(wrap)),
+                    Event::WrapUpEnds(call),
+                );
+                n
+            }
+            Event::WrapUpEnds(call) => {
+                let mut n = tx
+                    .execute(
+                        "UPDATE interaction_resource_fact SET after_call_work_count = 1, \
+                           after_call_work_duration = $2::int8 - end_ts, end_ts = $2::int8 \
+                         WHERE interaction_resource_id = $1",
+                        &[&call.irf, &now_ts()],
+                    )
+                    .await?;
+                n += close_state(tx, call.state_row).await?;
+                if self.rng.random_bool(self.plan.delete_share.min(1.0)) {
+                    let later = self.rng.random_range(1..10);
+                    self.schedule(
+                        now_ms.saturating_add(Self::secs_ms(later)),
+                        Event::Delete(call.irf),
+                    );
+                }
+                n
+            }
+            Event::Delete(irf) => {
+                tx.execute(
+                    "DELETE FROM interaction_resource_fact WHERE interaction_resource_id = $1",
+                    &[&irf],
+                )
+                .await?
+            }
+        };
+        Ok(n)
+    }
+
+    /// Inserts an open agent-state row; returns its key.
+    async fn open_state(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        call: &Call,
+        state: i64,
+    ) -> Result<i64, TrafficError> {
+        let key = self.next_state;
+        self.next_state += 1;
+        tx.execute(
+            "INSERT INTO sm_res_state_fact (sm_res_state_fact_key, tenant_key, resource_key, \
+               media_type_key, resource_state_key, start_ts) \
+             VALUES ($1::int8, $2::int8, $3::int8, 1, $4::int8, $5::int8)",
+            &[&key, &call.tenant, &call.agent, &state, &now_ts()],
+        )
+        .await?;
+        Ok(key)
+    }
+
+    /// One open session per agent (and one `Ready` state row each).
+    async fn open_sessions(&mut self, client: &mut Client) -> Result<Vec<i64>, TrafficError> {
+        let tx = client.transaction().await?;
+        let mut keys = Vec::new();
+        for agent in 1..=AGENTS as i64 {
+            let key = self.next_session;
+            self.next_session += 1;
+            let tenant = 1 + agent % TENANTS.len() as i64;
+            tx.execute(
+                "INSERT INTO sm_res_session_fact (sm_res_session_fact_key, tenant_key, resource_key, \
+                   media_type_key, start_ts) VALUES ($1::int8, $2::int8, $3::int8, 1, $4::int8)",
+                &[&key, &tenant, &agent, &now_ts()],
+            )
+            .await?;
+            let call = Call {
+                irf: 0,
+                msf: 0,
+                tenant,
+                agent,
+                start_ts: 0,
+                ring: 0,
+                talk: 0,
+                state_row: 0,
+            };
+            self.open_state(&tx, &call, READY).await?;
+            keys.push(key);
+        }
+        tx.commit().await?;
+        self.done.changes += 2 * keys.len() as u64;
+        self.done.transactions += 1;
+        Ok(keys)
+    }
+
+    async fn close_sessions(
+        &mut self,
+        client: &mut Client,
+        keys: Vec<i64>,
+    ) -> Result<(), TrafficError> {
+        let n = client
+            .execute(
+                "UPDATE sm_res_session_fact SET end_ts = $2::int8, total_duration = $2::int8 - start_ts \
+                 WHERE sm_res_session_fact_key = ANY($1)",
+                &[&keys, &now_ts()],
+            )
+            .await?;
+        self.done.changes += n;
+        self.done.transactions += 1;
+        Ok(())
+    }
+}
+
+async fn insert_irf(
+    tx: &tokio_postgres::Transaction<'_>,
+    call: &Call,
+    media: i64,
+    td: i64,
+    finished_with_wrap: Option<i64>,
+) -> Result<u64, tokio_postgres::Error> {
+    let (end, talk_count, wrap_count) = match finished_with_wrap {
+        Some(w) => (
+            Some(call.start_ts + call.ring + call.talk + w),
+            1_i64,
+            Some(i64::from(w > 0)),
+        ),
+        None => (None, 0, None),
+    };
+    let wrap = finished_with_wrap;
+    tx.execute(
+        "INSERT INTO interaction_resource_fact (interaction_resource_id, tenant_key, interaction_id, \
+           media_type_key, interaction_type_key, resource_key, technical_descriptor_key, \
+           start_date_time_key, start_ts, end_ts, irf_anchor, ring_count, ring_duration, \
+           talk_count, talk_duration, hold_count, hold_duration, after_call_work_count, \
+           after_call_work_duration, cons_init_count, cons_rcv_count) \
+         VALUES ($1::int8, $2::int8, $3::int8, $4::int8, 1, $5::int8, $6::int8, $7::int8, $8::int8, \
+           $9::int8, 1, 1, $10::int8, $11::int8, $12::int8, 0, 0, $13::int8, $14::int8, 0, 0)",
+        &[
+            &call.irf,
+            &call.tenant,
+            &call.irf,
+            &media,
+            &call.agent,
+            &td,
+            &(call.start_ts - call.start_ts.rem_euclid(900)),
+            &call.start_ts,
+            &end,
+            &if finished_with_wrap.is_some() { call.ring } else { 0 },
+            &talk_count,
+            &call.talk,
+            &wrap_count,
+            &wrap,
+        ],
+    )
+    .await
+}
+
+async fn close_msf(
+    tx: &tokio_postgres::Transaction<'_>,
+    call: &Call,
+    met_objective: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE mediation_segment_fact SET end_ts = $2::int8, mediation_duration = $3::int8, \
+           met_service_objective_flag = $4::int8 WHERE mediation_segment_id = $1",
+        &[
+            &call.msf,
+            &(call.start_ts + call.ring),
+            &call.ring,
+            &met_objective,
+        ],
+    )
+    .await
+}
+
+async fn close_state(
+    tx: &tokio_postgres::Transaction<'_>,
+    key: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    tx.execute(
+        "UPDATE sm_res_state_fact SET end_ts = $2::int8, total_duration = $2::int8 - start_ts \
+         WHERE sm_res_state_fact_key = $1",
+        &[&key, &now_ts()],
+    )
+    .await
+}
+
+/// A progress bar on a terminal, a log line every few seconds otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    last_log: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new(duration: Duration) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(duration.as_secs().max(1));
+            bar.set_style(
+                ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            last_log: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    fn tick(&self, done: &Done, elapsed: Duration) {
+        let rate = done.changes as f64 / elapsed.as_secs_f64().max(1e-9);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(elapsed.as_secs());
+                bar.set_message(format!(
+                    "{} calls, {} changes, {rate:.0}/s",
+                    done.calls, done.changes
+                ));
+            }
+            None if self.last_log.get().elapsed() >= Duration::from_secs(5) => {
+                self.last_log.set(Instant::now());
+                tracing::info!(
+                    calls = done.calls,
+                    changes = done.changes,
+                    rate = format!("{rate:.0}/s"),
+                    "traffic"
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self, done: &Done) {
+        if let Some(bar) = &self.bar {
+            bar.finish_with_message(format!("{} calls, {} changes", done.calls, done.changes));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_are_exponential_with_the_asked_mean() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let n = 20_000;
+        let rate = 50.0;
+        let sum: f64 = (0..n).map(|_| exponential(&mut rng, rate)).sum();
+        let mean = sum / n as f64;
+        assert!((mean - 1.0 / rate).abs() < 0.001, "{mean}");
+    }
+}

@@ -183,7 +183,19 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let code = rt.block_on(dispatch(cli.command, cfg))?;
+    let json = cfg.log_format == config::LogFormat::Json;
+    let code = match rt.block_on(dispatch(cli.command, cfg)) {
+        Ok(code) => code,
+        // With JSON logs, the final error is a log line too; otherwise the usual report.
+        Err(e) if json => {
+            tracing::error!(error = format!("{e:#}"), "raa stopped");
+            1
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            1
+        }
+    };
     std::process::exit(code);
 }
 
@@ -284,7 +296,7 @@ async fn loadgen(cfg: &SourceConfig, args: LoadgenArgs) -> Result<i32> {
             ..raa::traffic::Plan::default()
         };
         let done = raa::traffic::run(&mut client, &plan, shutdown).await?;
-        eprintln!("{done}");
+        raa::ops::telemetry::report(&done.to_string());
         return Ok(0);
     }
     g.day(&mut client, args.rows, args.txn_rows).await?;
@@ -347,7 +359,7 @@ async fn run_pipeline(
     let started = Instant::now();
     let summary = pipeline::run(source, store, settings.clone(), sink, opts, shutdown).await?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    raa::ops::telemetry::report(&format!(
         "applied {} transactions ({} row changes) in {} batches, {:.1}s ({:.0} changes/s); durable at {}",
         summary.transactions,
         summary.changes,
@@ -355,7 +367,7 @@ async fn run_pipeline(
         secs,
         summary.changes as f64 / secs.max(1e-9),
         summary.durable
-    );
+    ));
     Ok(summary)
 }
 

@@ -5,9 +5,23 @@
 
 use super::config::LogFormat;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::EnvFilter;
 
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Prints an operator-facing report line (a run summary): to stderr as is,
+/// or as an `info` event when logs are JSON, so every stderr line parses.
+pub fn report(line: &str) {
+    if JSON.load(Ordering::Relaxed) {
+        tracing::info!("{line}");
+    } else {
+        eprintln!("{line}");
+    }
+}
+
 pub fn init(format: LogFormat) {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -19,7 +19,7 @@
 //! and the durations written are the real ones.
 //!
 //! The arrival rate is the target change rate divided by the changes a call
-//! makes ([`CHANGES_PER_CALL`]); the achieved rate is reported. When the
+//! makes on average ([`Plan::changes_per_call`]); the achieved rate is reported. When the
 //! duration ends (or on SIGINT/SIGTERM), arrivals stop and the calls in
 //! progress are finished at once, so the tables end consistent.
 //! This module is separate from [`crate::loadgen`], whose seeded batch
@@ -37,8 +37,10 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
-/// Row changes a call that is answered makes (see the table above).
+/// Row changes a call that is answered makes (see the table above); an
+/// abandoned call makes [`CHANGES_PER_ABANDONED_CALL`].
 pub const CHANGES_PER_CALL: f64 = 10.0;
+pub const CHANGES_PER_ABANDONED_CALL: f64 = 4.0;
 
 /// Queues (`resource_` rows of type Queue) that [`crate::loadgen`] creates.
 const QUEUES: std::ops::Range<i64> = 1000..1008;
@@ -74,6 +76,17 @@ pub struct Plan {
     pub delete_share: f64,
     /// Mean talk time of a call (real seconds).
     pub mean_talk: Duration,
+}
+
+impl Plan {
+    /// Expected row changes per arriving call: answered or abandoned, plus
+    /// the late facts and deletions that come with calls.
+    pub fn changes_per_call(&self) -> f64 {
+        let abandon = share(self.abandon_share);
+        (1.0 - abandon) * (CHANGES_PER_CALL + share(self.delete_share))
+            + abandon * CHANGES_PER_ABANDONED_CALL
+            + share(self.late_share)
+    }
 }
 
 impl Default for Plan {
@@ -179,6 +192,15 @@ struct Traffic {
     done: Done,
 }
 
+/// A probability: `p` within [0, 1], NaN as 0 (`random_bool` panics otherwise).
+fn share(p: f64) -> f64 {
+    if p.is_nan() {
+        0.0
+    } else {
+        p.clamp(0.0, 1.0)
+    }
+}
+
 /// An exponential inter-arrival time (seconds) for `rate` events per second:
 /// the gaps of a Poisson process.
 fn exponential(rng: &mut StdRng, rate: f64) -> f64 {
@@ -211,7 +233,7 @@ pub async fn run(
     let started = Instant::now();
     let progress = Progress::new(plan.duration);
     let sessions = t.open_sessions(client).await?;
-    let calls_per_sec = plan.rate / CHANGES_PER_CALL;
+    let calls_per_sec = plan.rate / plan.changes_per_call();
     let mut next_arrival = t.exponential(calls_per_sec);
     let end = plan.duration.as_secs_f64();
     loop {
@@ -365,7 +387,7 @@ impl Traffic {
             )
             .await?;
         n += insert_irf(tx, &call, media, TD_COMPLETED, None).await?;
-        let abandon = self.rng.random_bool(self.plan.abandon_share);
+        let abandon = self.rng.random_bool(share(self.plan.abandon_share));
         let at = now_ms + Self::secs_ms(call.ring);
         self.schedule(
             at,
@@ -375,7 +397,7 @@ impl Traffic {
                 Event::Answer(call)
             },
         );
-        if self.rng.random_bool(self.plan.late_share.min(1.0)) {
+        if self.rng.random_bool(share(self.plan.late_share)) {
             n += self.late_fact(tx).await?;
         }
         Ok(n)
@@ -485,7 +507,7 @@ impl Traffic {
                     )
                     .await?;
                 n += close_state(tx, call.state_row).await?;
-                if self.rng.random_bool(self.plan.delete_share.min(1.0)) {
+                if self.rng.random_bool(share(self.plan.delete_share)) {
                     let later = self.rng.random_range(1..10);
                     self.schedule(
                         now_ms.saturating_add(Self::secs_ms(later)),
@@ -713,5 +735,23 @@ mod tests {
         let sum: f64 = (0..n).map(|_| exponential(&mut rng, rate)).sum();
         let mean = sum / n as f64;
         assert!((mean - 1.0 / rate).abs() < 0.001, "{mean}");
+    }
+
+    #[test]
+    fn the_arrival_rate_accounts_for_abandoned_calls() {
+        let plan = Plan {
+            abandon_share: 0.5,
+            late_share: 0.0,
+            delete_share: 0.0,
+            ..Plan::default()
+        };
+        assert_eq!(plan.changes_per_call(), 7.0);
+        let odd = Plan {
+            abandon_share: f64::NAN,
+            late_share: 7.0,
+            delete_share: -1.0,
+            ..Plan::default()
+        };
+        assert_eq!(odd.changes_per_call(), CHANGES_PER_CALL + 1.0);
     }
 }

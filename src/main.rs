@@ -239,17 +239,17 @@ async fn dispatch(command: Command, cfg: Config) -> Result<i32> {
 }
 
 /// `raa run`: the HTTP server, the slot poller and the pipeline, stopping on
-/// SIGTERM/SIGINT within the grace period.
+/// SIGTERM/SIGINT within the grace period (exit 1 past it).
 async fn serve_and_run(cfg: &Config, until_caught_up: bool) -> Result<i32> {
     let source = cfg.source()?;
     let shutdown = Shutdown::default();
     shutdown.on_signals()?;
-    raa::ops::http::serve(
-        cfg.metrics_addr,
-        cfg.ready_max_lag_seconds,
-        shutdown.clone(),
-    )
-    .await?;
+    // A one-off catch-up serves metrics only when asked to, so batch jobs and
+    // tests beside a streaming raa do not compete for its port.
+    if !until_caught_up || cfg.origin("metrics_addr") != config::Origin::Default {
+        let max_lag = cfg.ready_max_lag_seconds;
+        raa::ops::http::serve(cfg.metrics_addr, max_lag, shutdown.clone()).await?;
+    }
     let run = RunArgs {
         state_dir: cfg.state_dir.clone(),
         until_caught_up,

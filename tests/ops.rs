@@ -270,7 +270,7 @@ async fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
     let mut catch_up = raa();
     with_env(&mut catch_up);
     let out = catch_up
-        .args(["run", "--until-caught-up", "--metrics-addr", "127.0.0.1:0"])
+        .args(["run", "--until-caught-up"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -66,3 +66,42 @@ async fn ready(max_lag: f64, shutdown: Shutdown) -> (StatusCode, String) {
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: raa\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = resp.split_once("\r\n\r\n").unwrap().1.to_owned();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn health_ready_and_metrics() {
+        let shutdown = Shutdown::default();
+        let addr = serve(([127, 0, 0, 1], 0).into(), 60.0, shutdown.clone())
+            .await
+            .unwrap();
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        // No replication stream runs in this process.
+        let (status, why) = get(addr, "/readyz").await;
+        assert_eq!(
+            (status, why.as_str()),
+            (503, "not connected to the source\n")
+        );
+        let (status, text) = get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(text.contains("raa_build_info{version="), "{text}");
+        shutdown.trigger();
+        let (status, why) = get(addr, "/readyz").await;
+        assert_eq!((status, why.as_str()), (503, "shutting down\n"));
+        assert_eq!(get(addr, "/nothing").await.0, 404);
+    }
+}

@@ -70,7 +70,7 @@ metrics="http://$RAA_METRICS_ADDR/metrics"
 # The Info Mart tables, then raa's objects; the load generator writes the
 # dimension rows after the slot exists, so raa sees them (no backfill yet).
 "$pg_bin/psql" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d infomart -f sql/infomart.sql
-"$raa" init
+RUST_LOG=warn "$raa" init
 "$raa" run >"$work/raa.log" 2>&1 &
 raa_pid=$!
 for _ in $(seq 100); do
@@ -81,6 +81,7 @@ curl -sf "http://$RAA_METRICS_ADDR/readyz" >/dev/null || { cat "$work/raa.log"; 
 
 # metric NAME [SCRAPE]: the sum of NAME's samples (labels ignored).
 metric() { awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $NF } END { printf "%.3f\n", s }'; }
+whole() { awk '{ printf "%.0f\n", $1 }'; }
 
 echo "load: $rate changes/s for $duration"
 started=$(date +%s.%N)
@@ -88,9 +89,9 @@ started=$(date +%s.%N)
     while sleep 5; do
         s=$(curl -sf "$metrics") || continue
         printf '  t=%4.0fs decoded=%s lag=%ss %s bytes\n' "$(awk -v a="$(date +%s.%N)" -v b="$started" 'BEGIN { print a - b }')" \
-            "$(echo "$s" | metric raa_changes_decoded_total)" \
+            "$(echo "$s" | metric raa_changes_decoded_total | whole)" \
             "$(echo "$s" | metric raa_replication_lag_seconds)" \
-            "$(echo "$s" | metric raa_replication_lag_bytes)"
+            "$(echo "$s" | metric raa_replication_lag_bytes | whole)"
     done
 ) &
 sampler=$!

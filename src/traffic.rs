@@ -31,11 +31,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
 
 /// Row changes a call that is answered makes (see the table above); an
 /// abandoned call makes [`CHANGES_PER_ABANDONED_CALL`].
@@ -117,19 +118,27 @@ pub struct Done {
     pub calls: u64,
     pub changes: u64,
     pub transactions: u64,
+    /// Seconds in all, finishing the calls in progress included.
     pub secs: f64,
+    /// Changes written, and seconds taken, while calls arrived.
+    pub load_changes: u64,
+    pub load_secs: f64,
 }
 
 impl fmt::Display for Done {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The rate counts every change of the calls that arrived during the
+        // load, those written when the calls in progress were finished included.
         write!(
             f,
-            "wrote {} calls: {} row changes in {} transactions in {:.1}s ({:.0} changes/s)",
+            "wrote {} calls arriving over {:.1}s: {} row changes ({:.0} changes/s) in {} transactions, \
+             {} of them written after arrivals stopped, finishing the calls in progress",
             self.calls,
+            self.load_secs,
             self.changes,
+            self.changes as f64 / self.load_secs.max(1e-9),
             self.transactions,
-            self.secs,
-            self.changes as f64 / self.secs.max(1e-9)
+            self.changes - self.load_changes,
         )
     }
 }
@@ -189,6 +198,9 @@ struct Traffic {
     next_msf: i64,
     next_state: i64,
     next_session: i64,
+    /// Statements prepared once per connection: a statement executed by its
+    /// text would be prepared again each time, one more round trip.
+    statements: HashMap<&'static str, Statement>,
     done: Done,
 }
 
@@ -264,6 +276,8 @@ pub async fn run(
             _ = tokio::time::sleep(sleep) => {}
         }
     }
+    t.done.load_changes = t.done.changes;
+    t.done.load_secs = started.elapsed().as_secs_f64();
     // Finish the calls in progress at once, then close the sessions.
     while t.next_due().is_some() {
         let due = t.take_due(u64::MAX);
@@ -302,8 +316,27 @@ impl Traffic {
             next_msf: ids[1],
             next_state: ids[2],
             next_session: ids[3],
+            statements: HashMap::new(),
             done: Done::default(),
         })
+    }
+
+    /// Executes `sql` (prepared on first use) in `tx`.
+    async fn exec(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = match self.statements.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = tx.prepare(sql).await?;
+                self.statements.insert(sql, s.clone());
+                s
+            }
+        };
+        tx.execute(&statement, params).await
     }
 
     fn exponential(&mut self, rate: f64) -> f64 {
@@ -376,8 +409,9 @@ impl Traffic {
         self.next_msf += 1;
         let queue = self.rng.random_range(QUEUES);
         let media = self.rng.random_range(1..=3_i64);
-        let mut n = tx
-            .execute(
+        let mut n = self
+            .exec(
+                tx,
                 "INSERT INTO mediation_segment_fact (mediation_segment_id, tenant_key, interaction_id, \
                    media_type_key, interaction_type_key, resource_key, technical_descriptor_key, \
                    start_date_time_key, start_ts, target_irf_id) \
@@ -386,7 +420,9 @@ impl Traffic {
                   &(call.start_ts - call.start_ts.rem_euclid(900)), &call.start_ts, &call.irf],
             )
             .await?;
-        n += insert_irf(tx, &call, media, TD_COMPLETED, None).await?;
+        n += self
+            .insert_irf(tx, &call, media, TD_COMPLETED, None)
+            .await?;
         let abandon = self.rng.random_bool(share(self.plan.abandon_share));
         let at = now_ms + Self::secs_ms(call.ring);
         self.schedule(
@@ -422,7 +458,9 @@ impl Traffic {
         };
         self.next_irf += 1;
         let wrap = self.rng.random_range(0..120);
-        Ok(insert_irf(tx, &call, 1, TD_COMPLETED, Some(wrap)).await?)
+        Ok(self
+            .insert_irf(tx, &call, 1, TD_COMPLETED, Some(wrap))
+            .await?)
     }
 
     async fn apply(
@@ -433,14 +471,15 @@ impl Traffic {
     ) -> Result<u64, TrafficError> {
         let n = match event {
             Event::Answer(mut call) => {
-                let mut n = tx
-                    .execute(
+                let mut n = self
+                    .exec(
+                        tx,
                         "UPDATE interaction_resource_fact SET ring_duration = $2::int8, talk_count = 1 \
                          WHERE interaction_resource_id = $1",
                         &[&call.irf, &call.ring],
                     )
                     .await?;
-                n += close_msf(tx, &call, 1).await?;
+                n += self.close_msf(tx, &call, 1).await?;
                 call.state_row = self.open_state(tx, &call, BUSY).await?;
                 n += 1;
                 let mean = self.plan.mean_talk.as_secs_f64().max(1.0);
@@ -452,8 +491,9 @@ impl Traffic {
                 n
             }
             Event::Abandon(call) => {
-                let n = tx
-                    .execute(
+                let n = self
+                    .exec(
+                        tx,
                         "UPDATE interaction_resource_fact SET ring_duration = $2::int8, \
                            technical_descriptor_key = $3::int8, end_ts = $4::int8 \
                          WHERE interaction_resource_id = $1",
@@ -465,7 +505,7 @@ impl Traffic {
                         ],
                     )
                     .await?;
-                n + close_msf(tx, &call, 0).await?
+                n + self.close_msf(tx, &call, 0).await?
             }
             Event::HangUp(mut call) => {
                 let hold = if self.rng.random_bool(0.3) {
@@ -473,8 +513,9 @@ impl Traffic {
                 } else {
                     0
                 };
-                let mut n = tx
-                    .execute(
+                let mut n = self
+                    .exec(
+                        tx,
                         "UPDATE interaction_resource_fact SET talk_duration = $2::int8, \
                            hold_count = $3::int8, hold_duration = $4::int8, end_ts = $5::int8 \
                          WHERE interaction_resource_id = $1",
@@ -487,7 +528,7 @@ impl Traffic {
                         ],
                     )
                     .await?;
-                n += close_state(tx, call.state_row).await?;
+                n += self.close_state(tx, call.state_row).await?;
                 call.state_row = self.open_state(tx, &call, AFTER_CALL_WORK).await?;
                 n += 1;
                 let wrap = self.rng.random_range(1..10);
@@ -498,15 +539,16 @@ impl Traffic {
                 n
             }
             Event::WrapUpEnds(call) => {
-                let mut n = tx
-                    .execute(
+                let mut n = self
+                    .exec(
+                        tx,
                         "UPDATE interaction_resource_fact SET after_call_work_count = 1, \
                            after_call_work_duration = $2::int8 - end_ts, end_ts = $2::int8 \
                          WHERE interaction_resource_id = $1",
                         &[&call.irf, &now_ts()],
                     )
                     .await?;
-                n += close_state(tx, call.state_row).await?;
+                n += self.close_state(tx, call.state_row).await?;
                 if self.rng.random_bool(share(self.plan.delete_share)) {
                     let later = self.rng.random_range(1..10);
                     self.schedule(
@@ -517,7 +559,8 @@ impl Traffic {
                 n
             }
             Event::Delete(irf) => {
-                tx.execute(
+                self.exec(
+                    tx,
                     "DELETE FROM interaction_resource_fact WHERE interaction_resource_id = $1",
                     &[&irf],
                 )
@@ -536,7 +579,8 @@ impl Traffic {
     ) -> Result<i64, TrafficError> {
         let key = self.next_state;
         self.next_state += 1;
-        tx.execute(
+        self.exec(
+            tx,
             "INSERT INTO sm_res_state_fact (sm_res_state_fact_key, tenant_key, resource_key, \
                media_type_key, resource_state_key, start_ts) \
              VALUES ($1::int8, $2::int8, $3::int8, 1, $4::int8, $5::int8)",
@@ -554,7 +598,8 @@ impl Traffic {
             let key = self.next_session;
             self.next_session += 1;
             let tenant = 1 + agent % TENANTS.len() as i64;
-            tx.execute(
+            self.exec(
+                &tx,
                 "INSERT INTO sm_res_session_fact (sm_res_session_fact_key, tenant_key, resource_key, \
                    media_type_key, start_ts) VALUES ($1::int8, $2::int8, $3::int8, 1, $4::int8)",
                 &[&key, &tenant, &agent, &now_ts()],
@@ -597,23 +642,26 @@ impl Traffic {
     }
 }
 
-async fn insert_irf(
-    tx: &tokio_postgres::Transaction<'_>,
-    call: &Call,
-    media: i64,
-    td: i64,
-    finished_with_wrap: Option<i64>,
-) -> Result<u64, tokio_postgres::Error> {
-    let (end, talk_count, wrap_count) = match finished_with_wrap {
-        Some(w) => (
-            Some(call.start_ts + call.ring + call.talk + w),
-            1_i64,
-            Some(i64::from(w > 0)),
-        ),
-        None => (None, 0, None),
-    };
-    let wrap = finished_with_wrap;
-    tx.execute(
+impl Traffic {
+    async fn insert_irf(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        call: &Call,
+        media: i64,
+        td: i64,
+        finished_with_wrap: Option<i64>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let (end, talk_count, wrap_count) = match finished_with_wrap {
+            Some(w) => (
+                Some(call.start_ts + call.ring + call.talk + w),
+                1_i64,
+                Some(i64::from(w > 0)),
+            ),
+            None => (None, 0, None),
+        };
+        let wrap = finished_with_wrap;
+        self.exec(
+        tx,
         "INSERT INTO interaction_resource_fact (interaction_resource_id, tenant_key, interaction_id, \
            media_type_key, interaction_type_key, resource_key, technical_descriptor_key, \
            start_date_time_key, start_ts, end_ts, irf_anchor, ring_count, ring_duration, \
@@ -639,36 +687,41 @@ async fn insert_irf(
         ],
     )
     .await
-}
+    }
 
-async fn close_msf(
-    tx: &tokio_postgres::Transaction<'_>,
-    call: &Call,
-    met_objective: i64,
-) -> Result<u64, tokio_postgres::Error> {
-    tx.execute(
-        "UPDATE mediation_segment_fact SET end_ts = $2::int8, mediation_duration = $3::int8, \
+    async fn close_msf(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        call: &Call,
+        met_objective: i64,
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.exec(
+            tx,
+            "UPDATE mediation_segment_fact SET end_ts = $2::int8, mediation_duration = $3::int8, \
            met_service_objective_flag = $4::int8 WHERE mediation_segment_id = $1",
-        &[
-            &call.msf,
-            &(call.start_ts + call.ring),
-            &call.ring,
-            &met_objective,
-        ],
-    )
-    .await
-}
+            &[
+                &call.msf,
+                &(call.start_ts + call.ring),
+                &call.ring,
+                &met_objective,
+            ],
+        )
+        .await
+    }
 
-async fn close_state(
-    tx: &tokio_postgres::Transaction<'_>,
-    key: i64,
-) -> Result<u64, tokio_postgres::Error> {
-    tx.execute(
-        "UPDATE sm_res_state_fact SET end_ts = $2::int8, total_duration = $2::int8 - start_ts \
+    async fn close_state(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        key: i64,
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.exec(
+            tx,
+            "UPDATE sm_res_state_fact SET end_ts = $2::int8, total_duration = $2::int8 - start_ts \
          WHERE sm_res_state_fact_key = $1",
-        &[&key, &now_ts()],
-    )
-    .await
+            &[&key, &now_ts()],
+        )
+        .await
+    }
 }
 
 /// A progress bar on a terminal, a log line every few seconds otherwise.

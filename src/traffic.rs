@@ -131,8 +131,8 @@ impl fmt::Display for Done {
         // load, those written when the calls in progress were finished included.
         write!(
             f,
-            "wrote {} calls arriving over {:.1}s: {} row changes ({:.0} changes/s) in {} transactions, \
-             {} of them written after arrivals stopped, finishing the calls in progress",
+            "wrote {} calls arriving over {:.1}s: {} row changes ({:.0} changes/s) in {} transactions; \
+             the last {} changes finished the calls in progress when arrivals stopped",
             self.calls,
             self.load_secs,
             self.changes,

@@ -62,6 +62,20 @@ const RESOURCE_STATES: [(i32, &str); 4] = [
 const TD_COMPLETED: i64 = 1;
 const TD_ABANDONED: i64 = 5;
 
+const MSF_INSERT: &str = "INSERT INTO mediation_segment_fact (mediation_segment_id, tenant_key, \
+    interaction_id, media_type_key, interaction_type_key, resource_key, technical_descriptor_key, \
+    start_date_time_key, start_ts, target_irf_id) \
+    VALUES ($1::int8, $2::int8, $3::int8, $4::int8, 1, $5::int8, $6::int8, $7::int8, $8::int8, \
+    $9::int8)";
+
+const IRF_INSERT: &str = "INSERT INTO interaction_resource_fact (interaction_resource_id, \
+    tenant_key, interaction_id, media_type_key, interaction_type_key, resource_key, \
+    technical_descriptor_key, start_date_time_key, start_ts, end_ts, irf_anchor, ring_count, \
+    ring_duration, talk_count, talk_duration, hold_count, hold_duration, after_call_work_count, \
+    after_call_work_duration, cons_init_count, cons_rcv_count) \
+    VALUES ($1::int8, $2::int8, $3::int8, $4::int8, 1, $5::int8, $6::int8, $7::int8, $8::int8, \
+    $9::int8, 1, 1, $10::int8, $11::int8, $12::int8, 0, 0, $13::int8, $14::int8, 0, 0)";
+
 /// The traffic to generate.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -412,12 +426,18 @@ impl Traffic {
         let mut n = self
             .exec(
                 tx,
-                "INSERT INTO mediation_segment_fact (mediation_segment_id, tenant_key, interaction_id, \
-                   media_type_key, interaction_type_key, resource_key, technical_descriptor_key, \
-                   start_date_time_key, start_ts, target_irf_id) \
-                 VALUES ($1::int8, $2::int8, $3::int8, $4::int8, 1, $5::int8, $6::int8, $7::int8, $8::int8, $9::int8)",
-                &[&call.msf, &call.tenant, &call.irf, &media, &queue, &TD_COMPLETED,
-                  &(call.start_ts - call.start_ts.rem_euclid(900)), &call.start_ts, &call.irf],
+                MSF_INSERT,
+                &[
+                    &call.msf,
+                    &call.tenant,
+                    &call.irf,
+                    &media,
+                    &queue,
+                    &TD_COMPLETED,
+                    &(call.start_ts - call.start_ts.rem_euclid(900)),
+                    &call.start_ts,
+                    &call.irf,
+                ],
             )
             .await?;
         n += self
@@ -640,9 +660,9 @@ impl Traffic {
         self.done.transactions += 1;
         Ok(())
     }
-}
 
-impl Traffic {
+    /// Inserts a call's IRF row: ringing, or (`finished_with_wrap`) a
+    /// finished call arriving late.
     async fn insert_irf(
         &mut self,
         tx: &tokio_postgres::Transaction<'_>,
@@ -659,34 +679,33 @@ impl Traffic {
             ),
             None => (None, 0, None),
         };
-        let wrap = finished_with_wrap;
+        let ring = if finished_with_wrap.is_some() {
+            call.ring
+        } else {
+            0
+        };
+        let start_key = call.start_ts - call.start_ts.rem_euclid(900);
         self.exec(
-        tx,
-        "INSERT INTO interaction_resource_fact (interaction_resource_id, tenant_key, interaction_id, \
-           media_type_key, interaction_type_key, resource_key, technical_descriptor_key, \
-           start_date_time_key, start_ts, end_ts, irf_anchor, ring_count, ring_duration, \
-           talk_count, talk_duration, hold_count, hold_duration, after_call_work_count, \
-           after_call_work_duration, cons_init_count, cons_rcv_count) \
-         VALUES ($1::int8, $2::int8, $3::int8, $4::int8, 1, $5::int8, $6::int8, $7::int8, $8::int8, \
-           $9::int8, 1, 1, $10::int8, $11::int8, $12::int8, 0, 0, $13::int8, $14::int8, 0, 0)",
-        &[
-            &call.irf,
-            &call.tenant,
-            &call.irf,
-            &media,
-            &call.agent,
-            &td,
-            &(call.start_ts - call.start_ts.rem_euclid(900)),
-            &call.start_ts,
-            &end,
-            &if finished_with_wrap.is_some() { call.ring } else { 0 },
-            &talk_count,
-            &call.talk,
-            &wrap_count,
-            &wrap,
-        ],
-    )
-    .await
+            tx,
+            IRF_INSERT,
+            &[
+                &call.irf,
+                &call.tenant,
+                &call.irf,
+                &media,
+                &call.agent,
+                &td,
+                &start_key,
+                &call.start_ts,
+                &end,
+                &ring,
+                &talk_count,
+                &call.talk,
+                &wrap_count,
+                &finished_with_wrap,
+            ],
+        )
+        .await
     }
 
     async fn close_msf(

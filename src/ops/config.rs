@@ -56,7 +56,10 @@ pub enum ConfigError {
         origin: Origin,
         message: String,
     },
-    #[error("source_url is not set: pass --source-url, set RAA_SOURCE_URL or source_url in the configuration file")]
+    #[error(
+        "source_url is not set: pass --source-url, set RAA_SOURCE_URL or source_url in the \
+         configuration file"
+    )]
     NoSource,
     #[error("cannot read password_file {path}")]
     PasswordFile {
@@ -85,7 +88,9 @@ macro_rules! number_setting {
             }
             fn from_toml(value: toml::Value) -> Result<Self, String> {
                 match value {
-                    toml::Value::Integer(i) => <$t>::try_from(i).map_err(|_| format!("{i} is out of range")),
+                    toml::Value::Integer(i) => {
+                        <$t>::try_from(i).map_err(|_| format!("{i} is out of range"))
+                    }
                     toml::Value::String(s) => Self::from_text(&s),
                     other => Err(format!("expected a number, got {}", other.type_str())),
                 }

@@ -110,27 +110,72 @@ impl Metrics {
             changes: reg(
                 &registry,
                 IntCounterVec::new(
-                    Opts::new("raa_changes_decoded_total", "Row changes decoded from the source, by table and operation."),
+                    Opts::new(
+                        "raa_changes_decoded_total",
+                        "Row changes decoded from the source, by table and operation.",
+                    ),
                     &["table", "op"],
                 )
                 .expect("valid metric"),
             ),
             transactions: counter("raa_transactions_decoded_total", "Source transactions decoded."),
-            lag_bytes: gauge("raa_replication_lag_bytes", "WAL bytes between the server's position and the last position durable in the aggregates."),
-            lag_seconds: fgauge("raa_replication_lag_seconds", "Age of the oldest source commit not yet durable in the aggregates (0 when none is pending)."),
-            commit_lag: histogram("raa_commit_lag_seconds", "Per transaction: from its source commit to the aggregate commit that made it durable."),
-            server_position: gauge("raa_server_wal_position_bytes", "Latest WAL position seen on the server (LSN as a byte offset)."),
-            durable_position: gauge("raa_durable_wal_position_bytes", "WAL position durable in the state and the aggregate tables, and acknowledged."),
-            source_connected: gauge("raa_source_connected", "1 while the replication connection is streaming."),
-            sink_batches: counter("raa_sink_batches_total", "Batches committed to the aggregate tables."),
-            sink_rows: counter("raa_sink_rows_total", "Aggregate rows written (upserted or deleted)."),
-            sink_commit: histogram("raa_sink_commit_duration_seconds", "Duration of a sink transaction."),
-            state_commit: histogram("raa_state_commit_duration_seconds", "Duration of a state batch commit and flush."),
+            lag_bytes: gauge(
+                "raa_replication_lag_bytes",
+                "WAL bytes between the server's position and the last position durable in the \
+                 aggregates.",
+            ),
+            lag_seconds: fgauge(
+                "raa_replication_lag_seconds",
+                "Age of the oldest source commit not yet durable in the aggregates (0 when none is \
+                 pending).",
+            ),
+            commit_lag: histogram(
+                "raa_commit_lag_seconds",
+                "Per transaction: from its source commit to the aggregate commit that made it \
+                 durable.",
+            ),
+            server_position: gauge(
+                "raa_server_wal_position_bytes",
+                "Latest WAL position seen on the server (LSN as a byte offset).",
+            ),
+            durable_position: gauge(
+                "raa_durable_wal_position_bytes",
+                "WAL position durable in the state and the aggregate tables, and acknowledged.",
+            ),
+            source_connected: gauge(
+                "raa_source_connected",
+                "1 while the replication connection is streaming.",
+            ),
+            sink_batches: counter(
+                "raa_sink_batches_total",
+                "Batches committed to the aggregate tables.",
+            ),
+            sink_rows: counter(
+                "raa_sink_rows_total",
+                "Aggregate rows written (upserted or deleted).",
+            ),
+            sink_commit: histogram(
+                "raa_sink_commit_duration_seconds",
+                "Duration of a sink transaction.",
+            ),
+            state_commit: histogram(
+                "raa_state_commit_duration_seconds",
+                "Duration of a state batch commit and flush.",
+            ),
             state_size: gauge("raa_state_size_bytes", "Size of the state store on disk."),
             state_keys: gauge("raa_state_keys", "Keys in the state store."),
-            checkpoint_age: fgauge("raa_checkpoint_age_seconds", "Seconds since the last state checkpoint completed (0 before the first)."),
-            checkpoint_duration: histogram("raa_checkpoint_duration_seconds", "Duration of a state checkpoint."),
-            slot_retained: gauge("raa_slot_wal_retained_bytes", "WAL the server retains for raa's slot: pg_current_wal_lsn() - restart_lsn."),
+            checkpoint_age: fgauge(
+                "raa_checkpoint_age_seconds",
+                "Seconds since the last state checkpoint completed (0 before the first).",
+            ),
+            checkpoint_duration: histogram(
+                "raa_checkpoint_duration_seconds",
+                "Duration of a state checkpoint.",
+            ),
+            slot_retained: gauge(
+                "raa_slot_wal_retained_bytes",
+                "WAL the server retains for raa's slot: pg_current_wal_lsn() - restart_lsn.",
+            ),
             errors: reg(
                 &registry,
                 IntCounterVec::new(Opts::new("raa_errors_total", "Errors, by kind."), &["kind"])

@@ -195,6 +195,7 @@ async fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
         "raa_checkpoint_age_seconds",
         "raa_slot_wal_retained_bytes",
         "raa_build_info",
+        "raa_errors_total{kind=\"sink\"} 0",
         "raa_source_connected 1",
     ] {
         assert!(scrape.contains(name), "{name} missing:\n{scrape}");

@@ -197,6 +197,10 @@ impl Metrics {
             .expect("valid metric"),
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Every kind starts at 0, so a rate() over it exists before the first error.
+        for kind in ERROR_KINDS {
+            m.errors.with_label_values(&[kind]);
+        }
         m
     }
 
@@ -363,7 +367,22 @@ impl Metrics {
     }
 }
 
-/// The `kind` label of a pipeline error.
+/// Every value of the `kind` label of `raa_errors_total`.
+pub const ERROR_KINDS: [&str; 11] = [
+    "setup",
+    "connect",
+    "replication",
+    "decode",
+    "framing",
+    "aggregate",
+    "sink",
+    "state",
+    "consistency",
+    "poll",
+    "other",
+];
+
+/// The `kind` label of a pipeline error (one of [`ERROR_KINDS`]).
 pub fn error_kind(e: &PipelineError) -> &'static str {
     match e {
         PipelineError::Setup(_) => "setup",
@@ -500,6 +519,7 @@ mod tests {
     #[test]
     fn every_name_has_the_prefix() {
         let m = Metrics::new();
+        assert!(m.render().contains("raa_errors_total{kind=\"sink\"} 0"));
         m.error("poll");
         for family in m.registry.gather() {
             assert!(family.name().starts_with("raa_"), "{}", family.name());

@@ -1,7 +1,7 @@
 //! One typed configuration for every subcommand: defaults < TOML file <
 //! `RAA_*` environment < command-line flags.
 //!
-//! Every option is declared once, in the [`options!`] table at the bottom of
+//! Every option is declared once, in the `options!` table at the bottom of
 //! this file: its name, type, default, check and help. From that one line
 //! follow the TOML key (`batch_changes`), the environment variable
 //! (`RAA_BATCH_CHANGES`), the flag (`--batch-changes`), the check and the

@@ -1,8 +1,10 @@
 //! raa run as the StatefulSet runs it: configured by file, environment and a
 //! password file; serving /metrics (checked by `promtool`), /healthz and
 //! /readyz; fed by the live load generator; stopped by SIGTERM with the sink
-//! and the state at the same position. Also: `raa config check`, and the
-//! deployment files (compose, Prometheus, Kubernetes) are valid.
+//! and the state at the same position, or, when the batch in flight cannot
+//! commit within the grace period, exiting 1 and resuming exactly. Also:
+//! `raa config check`, and the deployment files (compose, Prometheus,
+//! Kubernetes) are valid.
 
 mod support;
 
@@ -433,5 +435,101 @@ fn deployment_files_are_valid() {
         .args(["--config", file.path().to_str().unwrap(), "config", "check"])
         .output()
         .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_after_the_grace_period_and_resumes_exactly() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let env = |c: &mut Command| {
+        c.env("RAA_SOURCE_URL", &db.url)
+            .env("RAA_SLOT", &db.name)
+            .env("RAA_STATE_DIR", dir.path().join("state"))
+            .env("RAA_BATCH_DELAY_MS", "50")
+            .env("RAA_SHUTDOWN_GRACE_SECONDS", "1")
+            .env("RAA_METRICS_ADDR", addr.to_string())
+            .env("RUST_LOG", "info");
+    };
+    let mut init = raa();
+    env(&mut init);
+    let out = init.arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let log = dir.path().join("raa.log");
+    let mut run = raa();
+    env(&mut run);
+    let mut proc = Raa {
+        child: run
+            .arg("run")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    };
+    wait_for(60, "/readyz", || {
+        get(addr, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+
+    // Hold a lock the sink needs, so the batch in flight cannot commit.
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE ag2_agent_subhr IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut load = raa();
+    env(&mut load);
+    let out = load
+        .args(["loadgen", "--rows", "300", "--txn-rows", "100"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let c = db.client().await;
+    let mut blocked = false;
+    for _ in 0..300 {
+        let waiting: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            blocked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(blocked, "raa's sink never waited on the lock");
+
+    let asked = Instant::now();
+    sigterm(&proc.child);
+    let status = loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "raa did not give up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{logs}");
+    assert!(asked.elapsed() >= Duration::from_secs(1), "{logs}");
+    assert!(logs.contains("shutdown grace period"), "{logs}");
+    lock.rollback().await.unwrap();
+
+    // Nothing of the abandoned batch is half-written: a restart catches up exactly.
+    let mut catch_up = raa();
+    env(&mut catch_up);
+    let out = catch_up
+        .args(["run", "--until-caught-up"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut verify = raa();
+    env(&mut verify);
+    let out = verify.arg("verify").output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }

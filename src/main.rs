@@ -113,15 +113,16 @@ enum ConfigCommand {
 
 #[derive(Args)]
 struct LoadgenArgs {
-    /// IRF rows to insert.
+    /// Day mode: IRF rows to insert.
     #[arg(long, default_value_t = 100_000)]
     rows: usize,
-    /// Rows per source transaction.
+    /// Day mode: rows per source transaction.
     #[arg(long, default_value_t = 500)]
     txn_rows: usize,
-    /// Random transactions of mixed changes to add after the day.
+    /// Day mode: random transactions of mixed changes to add after the day.
     #[arg(long, default_value_t = 0)]
     chaos: usize,
+    /// Random seed: the same seed writes the same traffic.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Also create the Info Mart subset tables (sql/infomart.sql) first.

@@ -64,10 +64,16 @@ async fn bench(rows: usize) {
         let sink = PgSink::new(connect(&pg.url("bench")).await, "raa", &settings)
             .await
             .expect("sink");
-        let opts = Options {
+        let mut opts = Options {
             until_caught_up: true,
             ..Options::default()
         };
+        if let Some(ms) = std::env::var("RAA_BENCH_BATCH_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            opts.batch_delay = std::time::Duration::from_millis(ms);
+        }
         pipeline::run(
             &source,
             store,
@@ -158,6 +164,11 @@ async fn bench(rows: usize) {
     println!(
         "raa time by stage:           apply {:.1} s, finish {:.1} s, sink {:.1} s, state commit {:.1} s",
         summary.apply_secs, summary.finish_secs, summary.sink_secs, summary.state_secs
+    );
+    println!(
+        "batches:                     {} ({:.0} changes each)",
+        summary.batches,
+        summary.changes as f64 / summary.batches.max(1) as f64
     );
     println!("verify differences:          {}", diffs.len());
     assert!(

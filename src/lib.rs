@@ -15,7 +15,7 @@
 //! [`ops`] holds what runs beside them. [`schema`] is the Info Mart subset raa
 //! reads; [`verify`] recomputes the aggregates in SQL to check them;
 //! [`embedded`] and [`loadgen`] give a throwaway database and traffic for the
-//! demo, the tests and the benchmarks.
+//! demo, the tests and the benchmarks; [`traffic`] live traffic for load tests.
 
 pub mod aggregate;
 pub mod backfill;
@@ -30,6 +30,7 @@ pub mod schema;
 pub mod share;
 pub mod sink;
 pub mod source;
+pub mod traffic;
 pub mod verify;
 
 pub use raa_state::Lsn;

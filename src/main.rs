@@ -1,20 +1,26 @@
 //! The `raa` command line. Errors become `anyhow` reports only here, at the edge.
+//!
+//! Options common to every subcommand come from [`Config`] (file, `RAA_*`
+//! environment, the flags generated from its option table); only what is
+//! particular to one subcommand (`--until-caught-up`, the load generator's
+//! shape) is declared here.
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 use raa::aggregate::family::Params;
 use raa::aggregate::Settings;
 use raa::embedded::EmbeddedPostgres;
 use raa::loadgen::Generator;
+use raa::ops::config::{self, Config, KEYS};
+use raa::ops::metrics::{error_kind, metrics};
 use raa::ops::shutdown::Shutdown;
-use raa::pipeline::{self, AckPolicy, Checkpoints, Options};
+use raa::pipeline::{self, Checkpoints, Options};
 use raa::share::Share;
 use raa::sink::{postgres::ddl, PgSink};
 use raa::source::{setup, SourceConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
 #[derive(Parser)]
 #[command(
     name = "raa",
@@ -22,154 +28,71 @@ use std::time::{Duration, Instant};
     about = "Real-time Reporting and Analytics Aggregates for Genesys Info Mart"
 )]
 struct Cli {
+    /// TOML configuration file (keys as in `raa config check`).
+    #[arg(long, env = "RAA_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: OptionFlags,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Args, Clone)]
-struct SourceArgs {
-    /// Info Mart connection: a postgresql:// URL or "host=… user=… dbname=…".
-    #[arg(long, env = "RAA_SOURCE_URL")]
-    source_url: String,
-    /// Replication slot raa owns.
-    #[arg(long, env = "RAA_SLOT", default_value = "raa")]
-    slot: String,
-    /// Publication raa owns.
-    #[arg(long, env = "RAA_PUBLICATION", default_value = "raa")]
-    publication: String,
-}
+/// One `--flag VALUE` per configuration key, generated from [`KEYS`], so a
+/// new option needs no change here.
+struct OptionFlags(Vec<(String, String)>);
 
-impl SourceArgs {
-    fn config(&self) -> Result<SourceConfig> {
-        Ok(SourceConfig::new(
-            &self.source_url,
-            &self.slot,
-            &self.publication,
-        )?)
+impl FromArgMatches for OptionFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let set = KEYS
+            .iter()
+            .filter_map(|(key, _)| {
+                m.get_one::<String>(key)
+                    .map(|v| ((*key).to_owned(), v.clone()))
+            })
+            .collect();
+        Ok(OptionFlags(set))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
     }
 }
 
-#[derive(Args, Clone)]
-struct AggArgs {
-    /// Width of sub-hour buckets, in minutes.
-    #[arg(long, env = "RAA_SUBHR_MINUTES", default_value_t = 15, value_parser = parse_subhr)]
-    subhr_minutes: i64,
-    /// Ring time (seconds) at or under which an accepted invite is within the service level.
-    #[arg(long, env = "RAA_SERVICE_LEVEL_SECONDS", default_value_t = 20)]
-    service_level_seconds: i64,
-}
-
-fn parse_subhr(s: &str) -> Result<i64, String> {
-    match s.trim() {
-        "15" => Ok(15),
-        "30" => Ok(30),
-        other => Err(format!(
-            "sub-hour buckets are 15 or 30 minutes, not {other:?}"
-        )),
+impl Args for OptionFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        KEYS.iter().fold(cmd, |cmd, (key, help)| {
+            cmd.arg(
+                Arg::new(*key)
+                    .long(config::flag(key).trim_start_matches('-').to_owned())
+                    .value_name("VALUE")
+                    .help(format!("{help} [env: {}]", config::env_var(key)))
+                    .global(true),
+            )
+        })
     }
-}
 
-impl AggArgs {
-    fn settings(&self) -> Settings {
-        Settings {
-            subhr_seconds: self.subhr_minutes * 60,
-            params: Params {
-                service_level_threshold: self.service_level_seconds,
-            },
-            ..Settings::default()
-        }
-    }
-}
-
-#[derive(Args, Clone)]
-struct RunArgs {
-    /// Directory of the state store (the StatefulSet's volume).
-    #[arg(long, env = "RAA_STATE_DIR", default_value = "raa-state")]
-    state_dir: PathBuf,
-    /// Exit once everything committed before the start is in the aggregate tables.
-    #[arg(long)]
-    until_caught_up: bool,
-    /// End a sink batch after this many row changes (whole transactions).
-    #[arg(long, env = "RAA_BATCH_CHANGES", default_value_t = 50_000)]
-    batch_changes: usize,
-    /// End a sink batch at most this many milliseconds after it started.
-    #[arg(long, env = "RAA_BATCH_DELAY_MS", default_value_t = 200)]
-    batch_delay_ms: u64,
-    #[command(flatten)]
-    share: ShareArgs,
-}
-
-#[derive(Args, Clone, Default)]
-struct ShareArgs {
-    /// The mounted GCXI share: checkpoints of the state go to <share-dir>/<slot>/.
-    #[arg(long, env = "RAA_SHARE_DIR")]
-    share_dir: Option<PathBuf>,
-    /// Seconds between checkpoints.
-    #[arg(long, env = "RAA_CHECKPOINT_INTERVAL_SECS", default_value_t = 900)]
-    checkpoint_interval_secs: u64,
-    /// Checkpoints kept on the share (newest first).
-    #[arg(long, env = "RAA_CHECKPOINT_RETAIN", default_value_t = 3)]
-    checkpoint_retain: usize,
-    /// How far the slot is acknowledged: "durable" (the local state) or
-    /// "checkpointed" (the newest checkpoint on the share; the default with --share-dir).
-    #[arg(long, env = "RAA_ACK_POLICY")]
-    ack_policy: Option<AckPolicy>,
-}
-
-impl ShareArgs {
-    fn checkpoints(&self, slot: &str) -> Result<Option<Checkpoints>> {
-        let Some(dir) = &self.share_dir else {
-            if self.ack_policy == Some(AckPolicy::Checkpointed) {
-                bail!("ack_policy: \"checkpointed\" needs --share-dir (RAA_SHARE_DIR)");
-            }
-            return Ok(None);
-        };
-        if self.checkpoint_interval_secs == 0 {
-            bail!("checkpoint_interval_secs: must be at least 1");
-        }
-        Ok(Some(Checkpoints {
-            share: Share::new(dir, slot, self.checkpoint_retain)?,
-            interval: Duration::from_secs(self.checkpoint_interval_secs),
-            ack: self.ack_policy.unwrap_or(AckPolicy::Checkpointed),
-        }))
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Check the server and create raa's tables, publication and slot (idempotent).
-    Init {
-        #[command(flatten)]
-        source: SourceArgs,
-        #[command(flatten)]
-        agg: AggArgs,
-    },
-    /// Stream Info Mart changes into the aggregate tables.
+    Init,
+    /// Stream Info Mart changes into the aggregate tables; serves /metrics, /healthz, /readyz.
     Run {
-        #[command(flatten)]
-        source: SourceArgs,
-        #[command(flatten)]
-        agg: AggArgs,
-        #[command(flatten)]
-        run: RunArgs,
+        /// Exit once everything committed before the start is in the aggregate tables.
+        #[arg(long)]
+        until_caught_up: bool,
     },
+    /// Recompute the aggregates from the facts in SQL and diff; exits 1 on any difference.
+    Verify(SliceArgs),
     /// Write a checkpoint of the state to the share now (asks a running raa to, if one holds the state).
-    Checkpoint {
-        #[arg(long, env = "RAA_SLOT", default_value = "raa")]
-        slot: String,
-        #[arg(long, env = "RAA_STATE_DIR", default_value = "raa-state")]
-        state_dir: PathBuf,
-        #[arg(long, env = "RAA_SHARE_DIR")]
-        share_dir: PathBuf,
-        #[arg(long, env = "RAA_CHECKPOINT_RETAIN", default_value_t = 3)]
-        checkpoint_retain: usize,
-    },
+    Checkpoint,
     /// Replay the WAL after a checkpoint into a scratch state, without touching the aggregate tables.
     Replay {
-        #[command(flatten)]
-        source: SourceArgs,
-        #[command(flatten)]
-        agg: AggArgs,
         /// The checkpoint file to start from.
         #[arg(long)]
         from_checkpoint: PathBuf,
@@ -185,12 +108,6 @@ enum Command {
     },
     /// Rebuild a time range from the facts (after changes replication could not see).
     Reaggregate {
-        #[command(flatten)]
-        source: SourceArgs,
-        #[command(flatten)]
-        agg: AggArgs,
-        #[command(flatten)]
-        run: RunArgs,
         /// Start of the range: Unix seconds or RFC 3339.
         #[arg(long, value_parser = raa::verify::parse_time)]
         from: i64,
@@ -198,98 +115,181 @@ enum Command {
         #[arg(long, value_parser = raa::verify::parse_time)]
         to: i64,
     },
-    /// Recompute the aggregates from the facts in SQL and diff; exits 1 on any difference.
-    Verify {
-        #[command(flatten)]
-        source: SourceArgs,
-        #[command(flatten)]
-        agg: AggArgs,
-        #[command(flatten)]
-        slice: SliceArgs,
-    },
     /// Print the DDL of the tables raa owns.
-    Ddl {
-        #[command(flatten)]
-        agg: AggArgs,
-    },
-    /// Write generated Info Mart traffic (a day of IRF rows) through SQL.
-    Loadgen {
-        #[arg(long, env = "RAA_SOURCE_URL")]
-        source_url: String,
-        /// IRF rows to insert.
-        #[arg(long, default_value_t = 100_000)]
-        rows: usize,
-        /// Rows per source transaction.
-        #[arg(long, default_value_t = 500)]
-        txn_rows: usize,
-        /// Random transactions of mixed changes to add after the day.
-        #[arg(long, default_value_t = 0)]
-        chaos: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Also create the Info Mart subset tables (sql/infomart.sql) first.
-        #[arg(long)]
-        create_tables: bool,
-    },
+    Ddl,
+    /// Write generated Info Mart traffic through SQL: a day of IRF rows, or
+    /// with --rate, live traffic for --duration.
+    Loadgen(LoadgenArgs),
     /// Start a throwaway PostgreSQL, generate traffic, aggregate and verify it.
     Demo {
         /// IRF rows of generated traffic.
         #[arg(long, default_value_t = 100_000)]
         rows: usize,
     },
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate and print the effective configuration (secrets masked), each
+    /// key with where its value came from.
+    Check,
+}
+
+#[derive(Args)]
+struct LoadgenArgs {
+    /// Day mode: IRF rows to insert.
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+    /// Day mode: rows per source transaction.
+    #[arg(long, default_value_t = 500)]
+    txn_rows: usize,
+    /// Day mode: random transactions of mixed changes to add after the day.
+    #[arg(long, default_value_t = 0)]
+    chaos: usize,
+    /// Random seed: the same seed writes the same traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also create the Info Mart subset tables (sql/infomart.sql) first.
+    #[arg(long)]
+    create_tables: bool,
+    /// Live mode: target row changes per second (Poisson arrivals of calls).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Live mode: how long to generate traffic, e.g. 90s, 5m, 1h.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+}
+
+/// `90`, `90s`, `5m` or `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration such as 90s, 5m or 1h, not {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn settings(cfg: &Config) -> Settings {
+    Settings {
+        subhr_seconds: cfg.subhr_minutes * 60,
+        params: Params {
+            service_level_threshold: cfg.service_level_seconds,
+        },
+        ..Settings::default()
+    }
+}
+
+/// How `raa run` streams: the state directory and batching.
+struct RunArgs {
+    state_dir: PathBuf,
+    until_caught_up: bool,
+    batch_changes: usize,
+    batch_delay_ms: u64,
+    checkpoints: Option<Checkpoints>,
+}
+
+/// Checkpoints on the share, when `share_dir` is set.
+fn checkpoints(cfg: &Config) -> Result<Option<Checkpoints>> {
+    use raa::pipeline::AckPolicy;
+    let Some(dir) = &cfg.share_dir else {
+        if cfg.ack_policy == Some(AckPolicy::Checkpointed) {
+            bail!("ack_policy: \"checkpointed\" needs share_dir (--share-dir, RAA_SHARE_DIR)");
+        }
+        return Ok(None);
+    };
+    Ok(Some(Checkpoints {
+        share: Share::new(dir, &cfg.slot, cfg.checkpoint_retain)?,
+        interval: Duration::from_secs(cfg.checkpoint_interval_seconds),
+        ack: cfg.ack_policy.unwrap_or(AckPolicy::Checkpointed),
+    }))
 }
 
 fn main() -> Result<()> {
-    raa::ops::telemetry::init();
     let cli = Cli::parse();
+    let cfg = match load_config(&cli) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            // As clap does for a bad flag: a usage error, exit code 2.
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    raa::ops::telemetry::init(cfg.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let code = rt.block_on(dispatch(cli.command))?;
+    let json = cfg.log_format == config::LogFormat::Json;
+    let code = match rt.block_on(dispatch(cli.command, cfg)) {
+        Ok(code) => code,
+        // With JSON logs, the final error is a log line too; otherwise the usual report.
+        Err(e) if json => {
+            tracing::error!(error = format!("{e:#}"), "raa stopped");
+            1
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            1
+        }
+    };
     std::process::exit(code);
 }
 
-async fn dispatch(command: Command) -> Result<i32> {
+/// The configuration, validated whole before anything starts: a command
+/// that connects to the source also needs a valid source.
+fn load_config(cli: &Cli) -> Result<Config> {
+    let cfg = Config::load(
+        cli.config.as_deref(),
+        |var| std::env::var(var).ok(),
+        &cli.options.0,
+    )?;
+    if matches!(
+        cli.command,
+        Command::Init
+            | Command::Run { .. }
+            | Command::Verify(_)
+            | Command::Loadgen(_)
+            | Command::Replay { .. }
+            | Command::Reaggregate { .. }
+    ) {
+        cfg.source()?;
+    }
+    Ok(cfg)
+}
+
+async fn dispatch(command: Command, cfg: Config) -> Result<i32> {
     match command {
-        Command::Init { source, agg } => init(&source.config()?, &agg.settings()).await.map(|()| 0),
-        Command::Run { source, agg, run } => {
-            let shutdown = Shutdown::default();
-            shutdown.on_signals()?;
-            run_pipeline(&source.config()?, &agg.settings(), &run, shutdown)
-                .await
-                .map(|_| 0)
+        Command::Init => init(&cfg.source()?, &settings(&cfg)).await.map(|()| 0),
+        Command::Run { until_caught_up } => serve_and_run(&cfg, until_caught_up).await,
+        Command::Verify(slice) => {
+            verify_slice(&cfg.source()?, &settings(&cfg), &slice.slice()).await
         }
-        Command::Verify { source, agg, slice } => {
-            verify_slice(&source.config()?, &agg.settings(), &slice.slice()).await
-        }
-        Command::Reaggregate {
-            source,
-            agg,
-            run,
-            from,
-            to,
-        } => reaggregate(&source, &agg, run, from, to).await,
-        Command::Checkpoint {
-            slot,
-            state_dir,
-            share_dir,
-            checkpoint_retain,
-        } => {
-            let share = Share::new(&share_dir, &slot, checkpoint_retain)?;
-            raa::share::checkpoint_now(&state_dir, &share).await?;
+        Command::Checkpoint => {
+            let dir = cfg.share_dir.as_ref().context(
+                "share_dir is not set: pass --share-dir, set RAA_SHARE_DIR or share_dir in the configuration file",
+            )?;
+            let share = Share::new(dir, &cfg.slot, cfg.checkpoint_retain)?;
+            raa::share::checkpoint_now(&cfg.state_dir, &share).await?;
             Ok(0)
         }
         Command::Replay {
-            source,
-            agg,
             from_checkpoint,
             to_lsn,
             scratch_dir,
             dump,
         } => {
             let report = raa::replay::replay(
-                &source.config()?,
-                &agg.settings(),
+                &cfg.source()?,
+                &settings(&cfg),
                 &from_checkpoint,
                 to_lsn,
                 scratch_dir.as_deref(),
@@ -302,43 +302,97 @@ async fn dispatch(command: Command) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Ddl { agg } => {
-            print!("{}", ddl(&agg.settings()));
+        Command::Reaggregate { from, to } => reaggregate(&cfg, from, to).await,
+        Command::Ddl => {
+            print!("{}", ddl(&settings(&cfg)));
             Ok(0)
         }
-        Command::Loadgen {
-            source_url,
-            rows,
-            txn_rows,
-            chaos,
-            seed,
-            create_tables,
-        } => {
-            let cfg = SourceConfig::new(&source_url, "raa", "raa")?;
-            let mut client = cfg.connect().await.context("connecting to the source")?;
-            if create_tables {
-                client
-                    .batch_execute(raa::INFOMART_SQL)
-                    .await
-                    .context("creating the Info Mart tables")?;
-            }
-            let started = Instant::now();
-            let mut g = Generator::new(seed, default_day());
-            g.dimensions(&client).await?;
-            g.day(&mut client, rows, txn_rows).await?;
-            let w = g.chaos(&mut client, chaos).await?;
-            eprintln!(
-                "wrote {} inserts, {} updates, {} deletes in {} transactions ({:.1}s)",
-                w.inserted,
-                w.updated,
-                w.deleted,
-                w.transactions,
-                started.elapsed().as_secs_f64()
-            );
-            Ok(0)
-        }
+        Command::Loadgen(args) => loadgen(&cfg.source()?, args).await,
         Command::Demo { rows } => demo(rows).await,
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", cfg.render());
+            match cfg.source() {
+                Ok(_) => eprintln!("configuration is valid"),
+                Err(e) => eprintln!("configuration is valid, but `raa run` would refuse it: {e}"),
+            }
+            Ok(0)
+        }
     }
+}
+
+/// `raa run`: the HTTP server, the slot poller and the pipeline, stopping on
+/// SIGTERM/SIGINT within the grace period (exit 1 past it).
+async fn serve_and_run(cfg: &Config, until_caught_up: bool) -> Result<i32> {
+    let source = cfg.source()?;
+    let shutdown = Shutdown::default();
+    shutdown.on_signals()?;
+    // A one-off catch-up serves metrics only when asked to, so batch jobs and
+    // tests beside a streaming raa do not compete for its port.
+    if !until_caught_up || cfg.origin("metrics_addr") != config::Origin::Default {
+        let max_lag = cfg.ready_max_lag_seconds;
+        raa::ops::http::serve(cfg.metrics_addr, max_lag, shutdown.clone()).await?;
+    }
+    let run = RunArgs {
+        state_dir: cfg.state_dir.clone(),
+        until_caught_up,
+        batch_changes: cfg.batch_changes,
+        batch_delay_ms: cfg.batch_delay_ms,
+        checkpoints: checkpoints(cfg)?,
+    };
+    let grace = Duration::from_secs(cfg.shutdown_grace_seconds);
+    let poll = Duration::from_secs(cfg.poll_interval_seconds);
+    let settings = settings(cfg);
+    let running = run_pipeline(&source, &settings, &run, shutdown.clone(), Some(poll));
+    match shutdown.within_grace(grace, running).await {
+        Ok(Ok(_)) => Ok(0),
+        Ok(Err(e)) => {
+            if let Some(p) = e.downcast_ref::<pipeline::PipelineError>() {
+                metrics().error(error_kind(p));
+            }
+            Err(e)
+        }
+        Err(expired) => {
+            tracing::error!("{expired}: exiting without committing it");
+            Ok(1)
+        }
+    }
+}
+
+async fn loadgen(cfg: &SourceConfig, args: LoadgenArgs) -> Result<i32> {
+    let mut client = cfg.connect().await.context("connecting to the source")?;
+    if args.create_tables {
+        client
+            .batch_execute(raa::INFOMART_SQL)
+            .await
+            .context("creating the Info Mart tables")?;
+    }
+    let started = Instant::now();
+    let mut g = Generator::new(args.seed, default_day());
+    g.dimensions(&client).await?;
+    if let Some(rate) = args.rate {
+        let shutdown = Shutdown::default();
+        shutdown.on_signals()?;
+        let plan = raa::traffic::Plan {
+            rate,
+            duration: args.duration,
+            seed: args.seed,
+            ..raa::traffic::Plan::default()
+        };
+        let done = raa::traffic::run(&mut client, &plan, shutdown).await?;
+        raa::ops::telemetry::report(&done.to_string());
+        return Ok(0);
+    }
+    g.day(&mut client, args.rows, args.txn_rows).await?;
+    let w = g.chaos(&mut client, args.chaos).await?;
+    eprintln!(
+        "wrote {} inserts, {} updates, {} deletes in {} transactions ({:.1}s)",
+        w.inserted,
+        w.updated,
+        w.deleted,
+        w.transactions,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(0)
 }
 
 /// Midnight UTC at the start of yesterday: the generated day.
@@ -367,12 +421,15 @@ async fn run_pipeline(
     settings: &Settings,
     run: &RunArgs,
     shutdown: Shutdown,
+    poll: Option<Duration>,
 ) -> Result<pipeline::Summary> {
     std::fs::create_dir_all(&run.state_dir)
         .with_context(|| format!("creating the state directory {}", run.state_dir.display()))?;
-    let checkpoints = run.share.checkpoints(&source.slot)?;
     let store = Arc::new(raa_state::Store::open(&run.state_dir)?);
     raa::share::write_pid_file(&run.state_dir)?;
+    if let Some(every) = poll {
+        raa::ops::metrics::spawn_poller(source.clone(), store.clone(), every, shutdown.clone());
+    }
     let client = source.connect().await.context("connecting to the sink")?;
     let sink = PgSink::new(client, &source.slot, settings)
         .await
@@ -381,13 +438,13 @@ async fn run_pipeline(
         batch_changes: run.batch_changes,
         batch_delay: Duration::from_millis(run.batch_delay_ms),
         until_caught_up: run.until_caught_up,
-        checkpoints,
+        checkpoints: run.checkpoints.clone(),
         ..Options::default()
     };
     let started = Instant::now();
     let summary = run_with_retry(source, settings, store, opts, sink, shutdown).await?;
     let secs = started.elapsed().as_secs_f64();
-    eprintln!(
+    raa::ops::telemetry::report(&format!(
         "applied {} transactions ({} row changes) in {} batches, {:.1}s ({:.0} changes/s); durable at {}",
         summary.transactions,
         summary.changes,
@@ -395,40 +452,76 @@ async fn run_pipeline(
         secs,
         summary.changes as f64 / secs.max(1e-9),
         summary.durable
-    );
+    ));
     Ok(summary)
+}
+
+/// What `raa verify` checks: by default everything.
+#[derive(Args, Clone)]
+struct SliceArgs {
+    /// Only this family (agent, queue, i_state, i_session, id).
+    #[arg(long)]
+    family: Option<String>,
+    /// Only this level (subhr, hour, day, week, month, qrtr, year).
+    #[arg(long, value_parser = parse_level)]
+    level: Option<raa::aggregate::Level>,
+    /// Only buckets starting at or after this instant (epoch seconds or RFC 3339).
+    #[arg(long, value_parser = raa::verify::parse_time)]
+    from: Option<i64>,
+    /// Only buckets starting before this instant (epoch seconds or RFC 3339).
+    #[arg(long, value_parser = raa::verify::parse_time)]
+    to: Option<i64>,
+}
+
+impl SliceArgs {
+    fn slice(&self) -> raa::verify::Slice {
+        raa::verify::Slice {
+            family: self.family.clone(),
+            level: self.level,
+            from: self.from,
+            to: self.to,
+        }
+    }
+}
+
+fn parse_level(s: &str) -> Result<raa::aggregate::Level, String> {
+    raa::aggregate::Level::by_name(s.trim()).ok_or_else(|| {
+        format!("levels are subhr, hour, day, week, month, qrtr and year, not {s:?}")
+    })
 }
 
 /// `raa reaggregate`: leaves the request in the state directory; the raa that
 /// holds it serves it between two batches, or a catch-up run here does.
-async fn reaggregate(
-    source: &SourceArgs,
-    agg: &AggArgs,
-    mut run: RunArgs,
-    from: i64,
-    to: i64,
-) -> Result<i32> {
+async fn reaggregate(cfg: &Config, from: i64, to: i64) -> Result<i32> {
     use raa::reaggregate::{request, result, Range};
     let range = Range::new(from, to)?;
-    std::fs::create_dir_all(&run.state_dir)?;
-    request(&run.state_dir, range)?;
-    match raa_state::Store::open(&run.state_dir) {
+    let dir = &cfg.state_dir;
+    std::fs::create_dir_all(dir)?;
+    request(dir, range)?;
+    match raa_state::Store::open(dir) {
         Ok(store) => {
             drop(store);
-            run.until_caught_up = true;
+            let run = RunArgs {
+                state_dir: dir.clone(),
+                until_caught_up: true,
+                batch_changes: cfg.batch_changes,
+                batch_delay_ms: cfg.batch_delay_ms,
+                checkpoints: checkpoints(cfg)?,
+            };
             run_pipeline(
-                &source.config()?,
-                &agg.settings(),
+                &cfg.source()?,
+                &settings(cfg),
                 &run,
                 Shutdown::default(),
+                None,
             )
             .await?;
         }
         Err(raa_state::StateError::Locked { .. }) => {
-            let pid = raa::share::signal_holder(&run.state_dir, "-USR2").await?;
+            let pid = raa::share::signal_holder(dir, "-USR2").await?;
             eprintln!("asked raa (pid {pid}) to reaggregate; waiting for its answer …");
             let deadline = Instant::now() + Duration::from_secs(3600);
-            while result(&run.state_dir).is_none() {
+            while result(dir).is_none() {
                 if Instant::now() > deadline {
                     bail!("raa (pid {pid}) did not answer within an hour");
                 }
@@ -437,7 +530,7 @@ async fn reaggregate(
         }
         Err(e) => return Err(e.into()),
     }
-    let outcome = result(&run.state_dir).context("the reaggregate request was not answered")?;
+    let outcome = result(dir).context("the reaggregate request was not answered")?;
     println!("{outcome}");
     Ok(if outcome.starts_with("ok") { 0 } else { 1 })
 }
@@ -485,6 +578,7 @@ async fn run_with_retry(
         match run {
             Ok(summary) => return Ok(summary),
             Err(e) if e.is_transient() && !shutdown.is_triggered() => {
+                metrics().error(error_kind(&e));
                 tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), retry_in_s = backoff.as_secs(), "transient failure: restarting the pipeline");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -495,40 +589,6 @@ async fn run_with_retry(
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// What `raa verify` checks: by default everything.
-#[derive(Args, Clone)]
-struct SliceArgs {
-    /// Only this family (agent, queue, i_state, i_session, id).
-    #[arg(long)]
-    family: Option<String>,
-    /// Only this level (subhr, hour, day, week, month, qrtr, year).
-    #[arg(long, value_parser = parse_level)]
-    level: Option<raa::aggregate::Level>,
-    /// Only buckets starting at or after this instant (epoch seconds or RFC 3339).
-    #[arg(long, value_parser = raa::verify::parse_time)]
-    from: Option<i64>,
-    /// Only buckets starting before this instant (epoch seconds or RFC 3339).
-    #[arg(long, value_parser = raa::verify::parse_time)]
-    to: Option<i64>,
-}
-
-impl SliceArgs {
-    fn slice(&self) -> raa::verify::Slice {
-        raa::verify::Slice {
-            family: self.family.clone(),
-            level: self.level,
-            from: self.from,
-            to: self.to,
-        }
-    }
-}
-
-fn parse_level(s: &str) -> Result<raa::aggregate::Level, String> {
-    raa::aggregate::Level::by_name(s.trim()).ok_or_else(|| {
-        format!("levels are subhr, hour, day, week, month, qrtr and year, not {s:?}")
-    })
 }
 
 async fn verify(source: &SourceConfig, settings: &Settings) -> Result<i32> {
@@ -581,7 +641,7 @@ async fn demo(rows: usize) -> Result<i32> {
         until_caught_up: true,
         batch_changes: 50_000,
         batch_delay_ms: 200,
-        share: ShareArgs::default(),
+        checkpoints: None,
     };
     let mut g = Generator::new(7, default_day());
     g.truncate = false;
@@ -600,7 +660,7 @@ async fn demo(rows: usize) -> Result<i32> {
             "round {round}: wrote {what} in {:.1}s",
             started.elapsed().as_secs_f64()
         );
-        run_pipeline(&source, &settings, &run, Shutdown::default()).await?;
+        run_pipeline(&source, &settings, &run, Shutdown::default(), None).await?;
         if verify(&source, &settings).await? != 0 {
             bail!("the aggregates differ from the SQL recomputation");
         }

@@ -541,6 +541,13 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
+    /// Sends the acknowledgeable position to the stream (and the metric).
+    fn ack(&self, stream: &StreamHandle) {
+        let at = self.ack_position();
+        stream.ack(at);
+        crate::ops::metrics::metrics().acknowledged(at);
+    }
+
     /// Reads the checkpoint positions from the share.
     fn note_checkpoints(&mut self, share: &Share) -> Result<(), PipelineError> {
         let positions = share.positions()?;
@@ -580,9 +587,10 @@ impl<S: Sink> Pipeline<S> {
         let started = Instant::now();
         let (store, id) = (&self.store, &self.system_id);
         let info = blocking(|| c.share.write(store, id))?;
+        crate::ops::metrics::metrics().checkpoint_completed(started.elapsed());
         self.note_checkpoints(&c.share)?;
         tracing::info!(lsn = %info.lsn, entries = info.entries, ms = started.elapsed().as_millis() as u64, "checkpoint written to the share");
-        stream.ack(self.ack_position());
+        self.ack(stream);
         Ok(())
     }
 
@@ -698,6 +706,7 @@ impl<S: Sink> Pipeline<S> {
                 .put_meta(SINK_WRITTEN, &true)
                 .map_err(|source| PipelineError::State { lsn: end, source })?;
             self.summary.sink_secs += started.elapsed().as_secs_f64();
+            crate::ops::metrics::metrics().sink_committed(out.rows.len(), started.elapsed());
             self.sink_commits += 1;
             let here = Failpoint::AfterSinkCommit(self.sink_commits);
             if self.failpoint == Some(here) {
@@ -710,11 +719,12 @@ impl<S: Sink> Pipeline<S> {
         let committed = blocking(|| store.commit(out.state, end));
         self.summary.state_secs += started.elapsed().as_secs_f64();
         committed.map_err(|source| PipelineError::State { lsn: end, source })?;
+        crate::ops::metrics::metrics().state_committed(end, started.elapsed());
         self.durable = end;
         self.summary.durable = end;
         self.summary.batches += 1;
         self.last_commit = Instant::now();
-        stream.ack(self.ack_position());
+        self.ack(stream);
         Ok(())
     }
 }

@@ -41,7 +41,7 @@ fn raa(db: &TestDb, state: &Path, share: &Path, log: &Path, args: &[&str]) -> su
         .env("RAA_SLOT", &db.name)
         .env("RAA_STATE_DIR", state)
         .env("RAA_SHARE_DIR", share)
-        .env("RAA_CHECKPOINT_INTERVAL_SECS", "2")
+        .env("RAA_CHECKPOINT_INTERVAL_SECONDS", "2")
         .env("RAA_BATCH_CHANGES", "2000")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

@@ -88,10 +88,12 @@ pub async fn start(cfg: &SourceConfig, start: Lsn, ack: Lsn) -> Result<StreamHan
         .wait_started()
         .await
         .map_err(StreamError::Replication)?;
+    crate::ops::metrics::metrics().stream_started(start);
     let (tx, events) = mpsc::channel(256);
     let (ack, ack_rx) = watch::channel(ack);
     let task = tokio::spawn(async move {
         let result = pump(&mut client, &tx, ack_rx).await;
+        crate::ops::metrics::metrics().stream_stopped();
         client.stop();
         if let Err(e) = result {
             let _ = tx.send(Err(e)).await;
@@ -150,9 +152,11 @@ async fn pump(
                 let txn = asm
                     .commit(at, Lsn(end_lsn.0), commit_time_micros)
                     .map_err(framing(at))?;
+                crate::ops::metrics::metrics().transaction_decoded(&txn);
                 Some(SourceEvent::Txn(txn))
             }
             Some(ReplicationEvent::KeepAlive { wal_end, .. }) if !asm.in_transaction() => {
+                crate::ops::metrics::metrics().server_position(Lsn(wal_end.0));
                 Some(SourceEvent::Idle {
                     wal_end: Lsn(wal_end.0),
                 })

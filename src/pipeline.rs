@@ -262,6 +262,10 @@ pub struct Summary {
     pub state_secs: f64,
 }
 
+/// How much longer than `batch_delay` a batch may grow while transactions
+/// are queued behind it.
+const BACKLOG_STRETCH: u32 = 5;
+
 /// State metadata: set once the sink has committed a batch for this state.
 const SINK_WRITTEN: &str = "sink-written";
 
@@ -487,9 +491,17 @@ impl<S: Sink> Pipeline<S> {
                 self.checkpoint(opts, stream, false)?;
                 return Ok(());
             }
+            // While more transactions are already waiting (catching up), a
+            // batch may grow to BACKLOG_STRETCH × the delay: fewer, larger
+            // batches share their accumulator reads, writes and commits.
+            let stretch = if stream.events.is_empty() {
+                1
+            } else {
+                BACKLOG_STRETCH
+            };
             let deadline = self
                 .batch_started
-                .map(|t| tokio::time::Instant::from_std(t + opts.batch_delay));
+                .map(|t| tokio::time::Instant::from_std(t + opts.batch_delay * stretch));
             let step = tokio::select! {
                 biased;
                 _ = shutdown.wait() => Step::Shutdown,

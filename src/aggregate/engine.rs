@@ -131,7 +131,16 @@ pub struct Engine {
     zones: HashMap<String, TimeZone>,
     /// Per fact table, the dimensions its facts are indexed by (from the catalog).
     indexed: HashMap<Table, Vec<Dim>>,
+    /// Accumulators as the last finished batch left them, so the next batch
+    /// need not read and decode them from the store again (the recent buckets
+    /// are touched by batch after batch). Emptied when it outgrows
+    /// [`ACCUM_CACHE_MAX`]. It may run ahead of the store only between
+    /// `finish` and the pipeline's commit; an error there drops the engine.
+    cache: std::sync::Mutex<HashMap<AccumKey, Accum>>,
 }
+
+/// Accumulators kept in [`Engine`]'s cache (a few hundred bytes each).
+const ACCUM_CACHE_MAX: usize = 300_000;
 
 const SETTINGS_META: &str = "aggregate-settings";
 
@@ -175,7 +184,12 @@ impl Engine {
             dims,
             zones: HashMap::new(),
             indexed,
+            cache: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<AccumKey, Accum>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn settings(&self) -> &Settings {
@@ -509,10 +523,14 @@ impl Engine {
         match w.accums.entry(key) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
-                let acc = self
-                    .store
-                    .get(e.key())?
-                    .unwrap_or_else(|| Accum::new(family));
+                let cached = self.cache().remove(e.key());
+                let acc = match cached {
+                    Some(acc) => acc,
+                    None => self
+                        .store
+                        .get(e.key())?
+                        .unwrap_or_else(|| Accum::new(family)),
+                };
                 Ok(e.insert(acc))
             }
         }
@@ -545,6 +563,10 @@ impl Engine {
             }
         }
         let mut rows = Vec::with_capacity(w.accums.len());
+        let mut cache = self.cache();
+        if cache.len() + w.accums.len() > ACCUM_CACHE_MAX {
+            cache.clear();
+        }
         for (key, acc) in w.accums {
             let family = FAMILIES[usize::from(key.family)];
             let values = acc.output(family);
@@ -557,9 +579,12 @@ impl Engine {
                 family: key.family,
                 level: key.level,
                 bucket: key.bucket,
-                group: key.group,
+                group: key.group.clone(),
                 values,
             });
+            if rows.last().is_some_and(|r| r.values.is_some()) {
+                cache.insert(key, acc);
+            }
         }
         Ok(Output { state, rows })
     }

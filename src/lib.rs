@@ -12,7 +12,11 @@
 //! ```
 //!
 //! [`pipeline`] wires the stages and argues why its acknowledgements are safe;
-//! [`ops`] holds what runs beside them. [`schema`] is the Info Mart subset raa
+//! [`ops`] holds what runs beside them. Recovery: [`backfill`] aggregates the
+//! facts that predate the slot from its exported snapshot; [`share`] writes
+//! and restores checkpoints on the GCXI share; [`replay`] replays WAL after a
+//! checkpoint into a scratch state; [`reaggregate`] rebuilds a time range
+//! from the facts. [`schema`] is the Info Mart subset raa
 //! reads; [`verify`] recomputes the aggregates in SQL to check them;
 //! [`embedded`] and [`loadgen`] give a throwaway database and traffic for the
 //! demo, the tests and the benchmarks; [`traffic`] live traffic for load tests.

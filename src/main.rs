@@ -428,7 +428,12 @@ async fn run_pipeline(
     let store = Arc::new(raa_state::Store::open(&run.state_dir)?);
     raa::share::write_pid_file(&run.state_dir)?;
     if let Some(every) = poll {
-        raa::ops::metrics::spawn_poller(source.clone(), store.clone(), every, shutdown.clone());
+        raa::ops::metrics::spawn_poller(
+            source.clone(),
+            Arc::downgrade(&store),
+            every,
+            shutdown.clone(),
+        );
     }
     let client = source.connect().await.context("connecting to the sink")?;
     let sink = PgSink::new(client, &source.slot, settings)
@@ -442,7 +447,7 @@ async fn run_pipeline(
         ..Options::default()
     };
     let started = Instant::now();
-    let summary = run_with_retry(source, settings, store, opts, sink, shutdown).await?;
+    let summary = run_with_retry(source, settings, run, store, opts, sink, shutdown).await?;
     let secs = started.elapsed().as_secs_f64();
     raa::ops::telemetry::report(&format!(
         "applied {} transactions ({} row changes) in {} batches, {:.1}s ({:.0} changes/s); durable at {}",
@@ -541,7 +546,8 @@ async fn reaggregate(cfg: &Config, from: i64, to: i64) -> Result<i32> {
 async fn run_with_retry(
     source: &SourceConfig,
     settings: &Settings,
-    store: Arc<raa_state::Store>,
+    run_args: &RunArgs,
+    mut store: Arc<raa_state::Store>,
     opts: Options,
     sink: PgSink,
     mut shutdown: Shutdown,
@@ -579,7 +585,28 @@ async fn run_with_retry(
             Ok(summary) => return Ok(summary),
             Err(e) if e.is_transient() && !shutdown.is_triggered() => {
                 metrics().error(error_kind(&e));
+                let state_io = e.is_state_io();
                 tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), retry_in_s = backoff.as_secs(), "transient failure: restarting the pipeline");
+                if state_io {
+                    // sled fails every call after an I/O error: reopen it.
+                    drop(store);
+                    store = loop {
+                        let dir = run_args.state_dir.clone();
+                        match tokio::task::spawn_blocking(move || raa_state::Store::open(&dir))
+                            .await?
+                        {
+                            Ok(s) => break Arc::new(s),
+                            Err(open) => {
+                                tracing::warn!(error = %format!("{:#}", anyhow::Error::from(open)), retry_in_s = backoff.as_secs(), "cannot reopen the state store");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(backoff) => {}
+                                    _ = shutdown.wait() => return Ok(pipeline::Summary::default()),
+                                }
+                                backoff = (backoff * 2).min(Duration::from_secs(60));
+                            }
+                        }
+                    };
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.wait() => return Ok(pipeline::Summary::default()),
@@ -672,6 +699,22 @@ async fn demo(rows: usize) -> Result<i32> {
             .await?;
         let (n, invites, handle): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
         println!("{table:>18}: {n:>7} rows, {invites:>8} invites, {handle:>11} s handle time");
+    }
+    for family in raa::aggregate::catalog::FAMILIES.iter().skip(1) {
+        let mut counts = Vec::new();
+        for level in &settings.levels {
+            let table = family.table_name(*level);
+            let n: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await?
+                .get(0);
+            counts.push(format!("{} {n}", level.name()));
+        }
+        println!(
+            "{:>18}: rows by level: {}",
+            format!("ag2_{}_*", family.name),
+            counts.join(", ")
+        );
     }
     let fresh = client
         .query_one("SELECT lsn::text, extract(epoch FROM now() - updated_at)::float8 FROM raa_progress WHERE slot_name = 'raa'", &[])

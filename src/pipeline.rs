@@ -222,6 +222,23 @@ impl PipelineError {
     }
 }
 
+impl PipelineError {
+    /// A failed read or write of the state store: the store must be closed
+    /// and opened again before retrying (sled refuses every operation after
+    /// an I/O error, a full disk included).
+    pub fn is_state_io(&self) -> bool {
+        use PipelineError as E;
+        match self {
+            E::State { source, .. } => matches!(source, StateError::Io { .. }),
+            E::Aggregate { source, .. } | E::Finish { source, .. } => {
+                matches!(source, AggregateError::State(StateError::Io { .. }))
+            }
+            E::Backfill(BackfillError::State(StateError::Io { .. })) => true,
+            _ => false,
+        }
+    }
+}
+
 /// I/O failures, and the server errors of a restart or of a slot still held
 /// by the session of a process that just died.
 fn replication_transient(e: &pgwire_replication::PgWireError) -> bool {

@@ -22,7 +22,7 @@ use prometheus::{
 use raa_state::{Lsn, Store};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::shutdown::Shutdown;
@@ -424,9 +424,11 @@ pub fn error_kind(e: &PipelineError) -> &'static str {
 
 /// Measures, every `every`, the WAL the slot retains and the state's size,
 /// until shutdown. A failed measurement is counted and logged, then retried.
+/// The store is held weakly: the pipeline may close and reopen it (after a
+/// disk error), and the poller must not keep the old one open.
 pub fn spawn_poller(
     source: SourceConfig,
-    store: Arc<Store>,
+    store: std::sync::Weak<Store>,
     every: Duration,
     mut shutdown: Shutdown,
 ) -> tokio::task::JoinHandle<()> {
@@ -438,14 +440,15 @@ pub fn spawn_poller(
                 metrics().error("poll");
                 tracing::warn!(error = %e, "measuring the slot's retained WAL");
             }
-            let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.stats()).await {
-                Ok(Ok(stats)) => metrics().state_size(stats.disk_bytes, stats.keys),
-                Ok(Err(e)) => {
-                    metrics().error("poll");
-                    tracing::warn!(error = %e, "measuring the state");
+            if let Some(s) = store.upgrade() {
+                match tokio::task::spawn_blocking(move || s.stats()).await {
+                    Ok(Ok(stats)) => metrics().state_size(stats.disk_bytes, stats.keys),
+                    Ok(Err(e)) => {
+                        metrics().error("poll");
+                        tracing::warn!(error = %e, "measuring the state");
+                    }
+                    Err(_) => return,
                 }
-                Err(_) => return,
             }
             tokio::select! {
                 _ = shutdown.wait() => return,

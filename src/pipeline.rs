@@ -498,7 +498,9 @@ impl<S: Sink> Pipeline<S> {
             None => None,
         };
         let mut usr2 = listen(tokio::signal::unix::SignalKind::user_defined2());
-        let mut reaggregate = true; // a request may be waiting from before the start
+        // A request may be waiting from before the start (an unreadable one
+        // is answered with the reason).
+        let mut reaggregate = reaggregate::pending(self.store.path()).map_or(true, |r| r.is_some());
         loop {
             if reaggregate && self.batch_end.is_none() && self.sink_progress == Some(self.durable) {
                 reaggregate = false;

@@ -8,11 +8,8 @@ use std::process::{Command, Output};
 use support::TestDb;
 
 fn raa(args: &[&str], db: &TestDb, state: &std::path::Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_raa"))
+    db.raa(state)
         .args(args)
-        .env("RAA_SOURCE_URL", &db.url)
-        .env("RAA_SLOT", &db.name)
-        .env("RAA_STATE_DIR", state)
         .env("RUST_LOG", "warn")
         .output()
         .expect("run raa")

@@ -15,7 +15,7 @@ use raa::aggregate::Settings;
 use raa::loadgen::Generator;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use support::TestDb;
 
@@ -34,12 +34,10 @@ fn raa(db: &TestDb, state: &Path, share: &Path, log: &Path, args: &[&str]) -> su
         .append(true)
         .open(log)
         .expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_raa"))
+    let child = db
+        .raa(state)
         .arg("run")
         .args(args)
-        .env("RAA_SOURCE_URL", &db.url)
-        .env("RAA_SLOT", &db.name)
-        .env("RAA_STATE_DIR", state)
         .env("RAA_SHARE_DIR", share)
         .env("RAA_CHECKPOINT_INTERVAL_SECONDS", "2")
         .env("RAA_BATCH_CHANGES", "2000")

@@ -64,11 +64,8 @@ async fn a_full_state_disk_is_retried_until_there_is_space() {
     let (log, share) = (dir.path().join("raa.log"), dir.path().join("share"));
     let start = || {
         support::Running::new(
-            Command::new(env!("CARGO_BIN_EXE_raa"))
+            db.raa(&state)
                 .arg("run")
-                .env("RAA_SOURCE_URL", &db.url)
-                .env("RAA_SLOT", &db.name)
-                .env("RAA_STATE_DIR", &state)
                 .env("RAA_SHARE_DIR", &share)
                 .env("RUST_LOG", "info")
                 .stdin(Stdio::null())

@@ -20,11 +20,8 @@ const DAY: i64 = 1_774_569_600;
 fn start_raa(db: &TestDb, state: &Path, log: &Path) -> support::Running {
     let log = std::fs::File::create(log).expect("log file");
     support::Running::new(
-        Command::new(env!("CARGO_BIN_EXE_raa"))
+        db.raa(state)
             .arg("run")
-            .env("RAA_SOURCE_URL", &db.url)
-            .env("RAA_SLOT", &db.name)
-            .env("RAA_STATE_DIR", state)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -136,11 +133,9 @@ async fn restarts_cut_connections_and_failing_sink_commits_lose_nothing() {
         .execute("SELECT pg_drop_replication_slot($1)", &[&db.name])
         .await
         .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_raa"))
+    let out = db
+        .raa(&state)
         .args(["run", "--until-caught-up"])
-        .env("RAA_SOURCE_URL", &db.url)
-        .env("RAA_SLOT", &db.name)
-        .env("RAA_STATE_DIR", &state)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -13,11 +13,8 @@ use support::TestDb;
 const DAY: i64 = 1_774_569_600;
 
 fn raa(db: &TestDb, state: &Path, share: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_raa"))
+    db.raa(state)
         .args(args)
-        .env("RAA_SOURCE_URL", &db.url)
-        .env("RAA_SLOT", &db.name)
-        .env("RAA_STATE_DIR", state)
         .env("RAA_SHARE_DIR", share)
         .env("RAA_CHECKPOINT_RETAIN", "2")
         .env("RUST_LOG", "info")
@@ -185,11 +182,8 @@ async fn reaggregate_repairs_what_replication_missed_while_streaming_and_offline
 
     // While raa streams: hidden changes, then more traffic it does see.
     let mut running = support::Running::new(
-        Command::new(env!("CARGO_BIN_EXE_raa"))
+        db.raa(&state)
             .arg("run")
-            .env("RAA_SOURCE_URL", &db.url)
-            .env("RAA_SLOT", &db.name)
-            .env("RAA_STATE_DIR", &state)
             .env("RAA_SHARE_DIR", &share)
             .env("RUST_LOG", "warn")
             .spawn()

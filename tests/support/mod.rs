@@ -99,6 +99,15 @@ impl TestDb {
         SourceConfig::new(&self.url, &self.name, "raa").expect("valid source config")
     }
 
+    /// The `raa` binary pointed at this database and slot, with its state in `state`.
+    pub fn raa(&self, state: &Path) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_raa"));
+        c.env("RAA_SOURCE_URL", &self.url)
+            .env("RAA_SLOT", &self.name)
+            .env("RAA_STATE_DIR", state);
+        c
+    }
+
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await
     }

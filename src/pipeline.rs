@@ -16,6 +16,13 @@
 //!
 //! Resuming refuses, rather than guesses, when the positions disagree in a
 //! way no crash can cause (state lost, aggregate tables reset, slot ahead).
+//!
+//! Start-up of an empty state: restore the newest checkpoint from the share
+//! if there is one, else backfill from a new slot's exported snapshot (see
+//! [`crate::backfill`]); a backfill reaches the sink as one full rewrite at
+//! the slot's consistent point, flagged in the state until it is done. With
+//! [`AckPolicy::Checkpointed`] the acknowledged position is further held at
+//! the oldest checkpoint on the share, so any of them can be replayed.
 
 use crate::aggregate::{AggregateError, Engine, Settings, Work};
 use crate::backfill::{self, BackfillError, RESYNC_SINK, SYSTEM_ID};

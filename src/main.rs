@@ -450,7 +450,12 @@ async fn run_pipeline(
     let summary = run_with_retry(source, settings, run, store, opts, sink, shutdown).await?;
     let secs = started.elapsed().as_secs_f64();
     raa::ops::telemetry::report(&format!(
-        "applied {} transactions ({} row changes) in {} batches, {:.1}s ({:.0} changes/s); durable at {}",
+        "{}applied {} transactions ({} row changes) in {} batches, {:.1}s ({:.0} changes/s); durable at {}",
+        if summary.backfilled_rows > 0 {
+            format!("backfilled {} rows from the slot's snapshot; ", summary.backfilled_rows)
+        } else {
+            String::new()
+        },
         summary.transactions,
         summary.changes,
         summary.batches,

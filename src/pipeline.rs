@@ -220,6 +220,10 @@ impl PipelineError {
                     replication_transient(source)
                 }
                 BackfillError::Snapshot(SnapshotError::Read { .. }) => true,
+                // The slot still held by the session of a process that just died.
+                BackfillError::Snapshot(SnapshotError::Setup(
+                    SetupError::Sql { .. } | SetupError::SlotActive(_),
+                )) => true,
                 BackfillError::State(StateError::Io { .. }) => true,
                 _ => false,
             },

@@ -52,7 +52,8 @@ fn raa(db: &TestDb, state: &Path, share: &Path, log: &Path, args: &[&str]) -> su
 
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    // Without the indented backtrace frames, which would crowd out the error.
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("  ")).collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 

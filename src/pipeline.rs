@@ -6,7 +6,11 @@
 //! 2. the state batch (records, accumulators, applied LSN `end`), fsynced;
 //! 3. `end` is acknowledged to the server.
 //!
-//! A crash between 1 and 2 leaves the sink ahead of the state. On restart the
+//! Step 2 runs on the state's writer thread while the next batch is applied
+//! and sunk (its reads see the batch in flight), so the sink may run one
+//! batch further ahead of the durable state; the next batch's step 2 waits
+//! for the one before. A crash between 1 and 2 leaves the sink ahead of the
+//! state. On restart the
 //! stream resumes from the state's LSN, the state re-applies those
 //! transactions (reaching the same accumulators), and their sink writes are
 //! skipped while `end` ≤ the sink's progress: the tables already hold them.
@@ -412,7 +416,7 @@ pub async fn run<S: Sink>(
     if let Some(c) = &opts.checkpoints {
         p.note_checkpoints(&c.share)?;
     }
-    p.durable = start;
+    p.applied = start;
     p.failpoint = opts.failpoint;
     p.ack_policy = opts.checkpoints.as_ref().map(|c| c.ack);
     let target = if opts.until_caught_up || opts.stop_at.is_some() {
@@ -437,7 +441,10 @@ struct Pipeline<S> {
     engine: Engine,
     sink: S,
     sink_progress: Option<Lsn>,
-    durable: Lsn,
+    /// The end of the last batch handed to the state: its effects are read
+    /// by the next batch, though the writer may still be flushing it (the
+    /// store's applied LSN tells what is durable).
+    applied: Lsn,
     work: Work,
     /// End LSN of the last transaction in `work`, if any.
     batch_end: Option<Lsn>,
@@ -471,7 +478,7 @@ impl<S: Sink> Pipeline<S> {
             engine,
             sink,
             sink_progress: None,
-            durable: Lsn::ZERO,
+            applied: Lsn::ZERO,
             work: Work::default(),
             batch_end: None,
             batch_started: None,
@@ -513,11 +520,12 @@ impl<S: Sink> Pipeline<S> {
         // is answered with the reason).
         let mut reaggregate = reaggregate::pending(self.store.path()).map_or(true, |r| r.is_some());
         loop {
-            if reaggregate && self.batch_end.is_none() && self.sink_progress == Some(self.durable) {
+            if reaggregate && self.batch_end.is_none() && self.sink_progress == Some(self.applied) {
                 reaggregate = false;
                 self.reaggregate(source).await?;
             }
-            if target.is_some_and(|t| self.durable >= t) && !reaggregate {
+            if target.is_some_and(|t| self.applied >= t) && !reaggregate {
+                self.settle(stream)?;
                 self.checkpoint(opts, stream, false)?;
                 return Ok(());
             }
@@ -543,8 +551,9 @@ impl<S: Sink> Pipeline<S> {
             match step {
                 Step::Shutdown => {
                     self.flush(stream).await?;
+                    self.settle(stream)?;
                     self.checkpoint(opts, stream, false)?;
-                    tracing::info!(durable = %self.durable, "stopped");
+                    tracing::info!(durable = %self.applied, "stopped");
                     return Ok(());
                 }
                 Step::Deadline => self.flush(stream).await?,
@@ -561,7 +570,7 @@ impl<S: Sink> Pipeline<S> {
                 Step::Event(Some(Ok(SourceEvent::Txn(txn)))) => {
                     if opts.stop_at.is_some_and(|s| txn.end_lsn > s) {
                         self.flush(stream).await?;
-                        return Ok(());
+                        return self.settle(stream);
                     }
                     self.apply(&txn)?;
                     if self.work.changes >= opts.batch_changes {
@@ -570,8 +579,10 @@ impl<S: Sink> Pipeline<S> {
                 }
                 Step::Event(Some(Ok(SourceEvent::Idle { wal_end }))) => {
                     self.flush(stream).await?;
-                    let catching_up = target.is_some_and(|t| self.durable < t);
-                    if wal_end > self.durable
+                    // The batch before may have become durable since.
+                    self.ack(stream);
+                    let catching_up = target.is_some_and(|t| self.applied < t);
+                    if wal_end > self.applied
                         && (catching_up || self.last_commit.elapsed() >= opts.idle_commit_interval)
                     {
                         self.batch_end = Some(wal_end);
@@ -602,12 +613,28 @@ impl<S: Sink> Pipeline<S> {
     /// The position the server may discard WAL up to: what is durable here,
     /// or with [`AckPolicy::Checkpointed`] what the newest checkpoint covers.
     fn ack_position(&self) -> Lsn {
+        let durable = self
+            .store
+            .applied_lsn()
+            .unwrap_or_default()
+            .min(self.applied);
         match self.ack_policy {
-            Some(AckPolicy::Checkpointed) => {
-                self.durable.min(self.checkpointed.unwrap_or_default())
-            }
-            _ => self.durable,
+            Some(AckPolicy::Checkpointed) => durable.min(self.checkpointed.unwrap_or_default()),
+            _ => durable,
         }
+    }
+
+    /// Waits until the last batch is durable, then acknowledges it: before
+    /// the pipeline stops or reports where it stands.
+    fn settle(&mut self, stream: &StreamHandle) -> Result<(), PipelineError> {
+        let store = &self.store;
+        blocking(|| store.wait()).map_err(|source| PipelineError::State {
+            lsn: self.applied,
+            source,
+        })?;
+        self.summary.durable = self.applied;
+        self.ack(stream);
+        Ok(())
     }
 
     /// Writes a checkpoint to the share when one is due (or `now`): between
@@ -623,7 +650,7 @@ impl<S: Sink> Pipeline<S> {
         };
         let age = jiff::Timestamp::now().as_second() - self.last_checkpoint.unwrap_or(i64::MIN / 2);
         let due = age >= c.interval.as_secs() as i64;
-        if !(now || due) || self.newest_checkpoint >= Some(self.durable) {
+        if !(now || due) || self.newest_checkpoint >= Some(self.applied) {
             return Ok(());
         }
         let started = Instant::now();
@@ -650,7 +677,7 @@ impl<S: Sink> Pipeline<S> {
                 return Ok(());
             }
         };
-        let lsn = self.durable;
+        let lsn = self.applied;
         tracing::info!(from = range.from, to = range.to, %lsn, "reaggregating a time range from the facts");
         let txn = match source.connect().await {
             Ok(client) => reaggregate::changes(&client, &self.engine, range, lsn)
@@ -709,7 +736,7 @@ impl<S: Sink> Pipeline<S> {
     }
 
     fn apply(&mut self, txn: &Transaction) -> Result<(), PipelineError> {
-        if txn.end_lsn <= self.durable {
+        if txn.end_lsn <= self.applied {
             self.summary.skipped_transactions += 1;
             return Ok(());
         }
@@ -756,14 +783,15 @@ impl<S: Sink> Pipeline<S> {
             }
             tracing::debug!(%end, rows = out.rows.len(), ms = started.elapsed().as_millis() as u64, "sink committed");
         }
+        // The state writer flushes this batch while the next one is applied
+        // and sunk; only waiting for the previous one counts here.
         let store = &self.store;
         let started = Instant::now();
-        let committed = blocking(|| store.commit(out.state, end));
+        let submitted = blocking(|| store.submit(out.state, end));
         self.summary.state_secs += started.elapsed().as_secs_f64();
-        committed.map_err(|source| PipelineError::State { lsn: end, source })?;
+        submitted.map_err(|source| PipelineError::State { lsn: end, source })?;
         crate::ops::metrics::metrics().state_committed(end, started.elapsed());
-        self.durable = end;
-        self.summary.durable = end;
+        self.applied = end;
         self.summary.batches += 1;
         self.last_commit = Instant::now();
         self.ack(stream);

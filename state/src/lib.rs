@@ -9,7 +9,11 @@
 //! Invariants:
 //! - Everything lives in one sled tree, so one [`Batch`] (many source
 //!   transactions' worth of puts and removes, plus the new applied LSN) is
-//!   applied atomically by [`Store::commit`] and flushed before it returns.
+//!   applied atomically: [`Store::commit`] returns once it is flushed,
+//!   [`Store::submit`] once a background writer has it (reads see it at
+//!   once; the applied LSN moves when it is flushed). A large batch goes
+//!   through a redo record, so sled's process-wide batch lock is held only a
+//!   chunk at a time and a crash mid-way is finished on the next open.
 //! - Every value goes through [`codec`], which carries a format version: the
 //!   only place that knows the encoding (bincode 2, no longer maintained).
 
@@ -17,6 +21,7 @@ pub mod checkpoint;
 pub mod codec;
 mod lsn;
 mod store;
+mod writer;
 
 pub use checkpoint::{CheckpointError, CheckpointInfo};
 pub use codec::{CodecError, FORMAT_VERSION};

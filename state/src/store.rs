@@ -3,9 +3,11 @@
 use crate::checkpoint::{self, CheckpointError, CheckpointInfo};
 use crate::codec::{self, CodecError, FORMAT_VERSION};
 use crate::lsn::Lsn;
+use crate::writer::{Writer, Writes};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// The namespaces of the store; the first byte of every key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,7 +40,7 @@ fn full_key<K: StateKey>(key: &K) -> Vec<u8> {
 }
 
 const META_FORMAT: &[u8] = &[Space::Meta as u8, b'f'];
-const META_APPLIED: &[u8] = &[Space::Meta as u8, b'l'];
+use crate::writer::META_APPLIED;
 const META_NAMED: u8 = b'n';
 
 /// How long [`Store::open`] waits for a directory lock held by a closing database.
@@ -90,12 +92,17 @@ pub struct StoreStats {
     pub disk_bytes: u64,
 }
 
-/// The state store. Cheap to share by reference; all writes go through [`Store::commit`].
+/// The state store. Cheap to share by reference; all writes go through
+/// [`Store::commit`] or [`Store::submit`], applied by one background writer.
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
-    applied: AtomicU64,
+    /// The applied LSN that is durable (flushed with its batch).
+    applied: Arc<AtomicU64>,
+    /// The applied LSN of the newest batch handed to the writer.
+    submitted: AtomicU64,
+    writer: Writer,
 }
 
 impl Store {
@@ -147,15 +154,33 @@ impl Store {
                 db.flush().map_err(io("open"))?;
             }
         }
+        match crate::writer::recover(&db, &tree) {
+            Ok(_) => {}
+            Err(crate::writer::RecoverError::Io(source)) => {
+                return Err(StateError::Open {
+                    path: dir.to_owned(),
+                    source,
+                })
+            }
+            Err(crate::writer::RecoverError::Codec(source)) => {
+                return Err(StateError::Codec {
+                    space: Space::Meta,
+                    source,
+                })
+            }
+        }
         let applied = match tree.get(META_APPLIED).map_err(io("open"))? {
             Some(v) => decode::<Lsn>(Space::Meta, &v)?.0,
             None => 0,
         };
+        let durable = Arc::new(AtomicU64::new(applied));
         Ok(Store {
             path: dir.to_owned(),
+            writer: Writer::start(db.clone(), tree.clone(), durable.clone()),
             db,
             tree,
-            applied: AtomicU64::new(applied),
+            applied: durable,
+            submitted: AtomicU64::new(applied),
         })
     }
 
@@ -163,8 +188,8 @@ impl Store {
         &self.path
     }
 
-    /// The end LSN of the last source transaction whose effects are committed here;
-    /// `None` for a new store.
+    /// The end LSN of the last source transaction whose effects are durable
+    /// here (a submitted batch counts once it is flushed); `None` for a new store.
     pub fn applied_lsn(&self) -> Option<Lsn> {
         match self.applied.load(Ordering::Acquire) {
             0 => None,
@@ -173,34 +198,54 @@ impl Store {
     }
 
     /// Reads one value.
+    /// Reads one value, as of the newest submitted batch.
     pub fn get<K: StateKey, V: DeserializeOwned>(&self, key: &K) -> Result<Option<V>, StateError> {
-        match self.tree.get(full_key(key)).map_err(io("get"))? {
-            Some(bytes) => Ok(Some(decode(K::SPACE, &bytes)?)),
-            None => Ok(None),
-        }
+        self.get_raw(K::SPACE, &full_key(key))
     }
 
     /// Reads a named metadata value (source identity, slot name, …).
     pub fn meta<V: DeserializeOwned>(&self, name: &str) -> Result<Option<V>, StateError> {
-        match self.tree.get(meta_key(name)).map_err(io("get"))? {
-            Some(bytes) => Ok(Some(decode(Space::Meta, &bytes)?)),
+        self.get_raw(Space::Meta, &meta_key(name))
+    }
+
+    fn get_raw<V: DeserializeOwned>(
+        &self,
+        space: Space,
+        key: &[u8],
+    ) -> Result<Option<V>, StateError> {
+        if let Some(pending) = self.writer.pending(key) {
+            return pending.map(|b| decode(space, &b)).transpose();
+        }
+        match self.tree.get(key).map_err(io("get"))? {
+            Some(bytes) => Ok(Some(decode(space, &bytes)?)),
             None => Ok(None),
         }
     }
 
+    /// Waits for the batch in flight; its error if the write failed (the
+    /// store must then be dropped and reopened).
+    pub fn wait(&self) -> Result<(), StateError> {
+        self.writer
+            .wait()
+            .map_err(|(op, source)| StateError::Io { op, source })
+    }
+
     /// Iterates the values of `space` whose encoded key starts with `prefix`,
     /// yielding each key without its namespace byte.
-    pub fn scan<V: DeserializeOwned>(
+    pub fn scan<V: DeserializeOwned + 'static>(
         &self,
         space: Space,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, V), StateError>> + '_ {
+        let failed = self.wait().err().map(Err);
         let mut full = vec![space as u8];
         full.extend_from_slice(prefix);
-        self.tree.scan_prefix(full).map(move |item| {
-            let (k, v) = item.map_err(io("scan"))?;
-            Ok((k[1..].to_vec(), decode(space, &v)?))
-        })
+        failed
+            .into_iter()
+            .chain(self.tree.scan_prefix(full).map(move |item| {
+                let (k, v) = item.map_err(io("scan"))?;
+                Ok((k[1..].to_vec(), decode(space, &v)?))
+            }))
     }
 
     /// Iterates the keys of `space` starting with `prefix`, without their
@@ -210,20 +255,33 @@ impl Store {
         space: Space,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<Vec<u8>, StateError>> + '_ {
+        let failed = self.wait().err().map(Err);
         let mut full = vec![space as u8];
         full.extend_from_slice(prefix);
-        self.tree
-            .scan_prefix(full)
-            .keys()
-            .map(|k| k.map(|k| k[1..].to_vec()).map_err(io("scan")))
+        failed.into_iter().chain(
+            self.tree
+                .scan_prefix(full)
+                .keys()
+                .map(|k| k.map(|k| k[1..].to_vec()).map_err(io("scan"))),
+        )
     }
 
-    /// Applies `batch` and the new applied LSN atomically, then flushes to disk.
+    /// Applies `batch` and the new applied LSN atomically, then flushes to
+    /// disk; returns once it is durable.
     ///
     /// The LSN never moves backwards; committing the same LSN again is allowed
     /// (a batch that only refreshed metadata).
-    pub fn commit(&self, mut batch: Batch, applied: Lsn) -> Result<(), StateError> {
-        let current = Lsn(self.applied.load(Ordering::Acquire));
+    pub fn commit(&self, batch: Batch, applied: Lsn) -> Result<(), StateError> {
+        self.submit(batch, applied)?;
+        self.wait()
+    }
+
+    /// Like [`Store::commit`], but returns once the batch is handed to the
+    /// background writer (after the previous one is durable): reads see it at
+    /// once, [`Store::applied_lsn`] moves when it is flushed. A failed write
+    /// is reported by the next submit or [`Store::wait`].
+    pub fn submit(&self, mut batch: Batch, applied: Lsn) -> Result<(), StateError> {
+        let current = Lsn(self.submitted.load(Ordering::Acquire));
         if applied < current {
             return Err(StateError::LsnBackwards {
                 current,
@@ -232,10 +290,11 @@ impl Store {
         }
         batch
             .inner
-            .insert(META_APPLIED, encode(Space::Meta, &applied)?);
-        self.tree.apply_batch(batch.inner).map_err(io("commit"))?;
-        self.db.flush().map_err(io("flush"))?;
-        self.applied.store(applied.0, Ordering::Release);
+            .insert(META_APPLIED.to_vec(), Some(encode(Space::Meta, &applied)?));
+        self.writer
+            .submit(batch.inner, Some(applied))
+            .map_err(|(op, source)| StateError::Io { op, source })?;
+        self.submitted.store(applied.0, Ordering::Release);
         Ok(())
     }
 
@@ -243,24 +302,28 @@ impl Store {
     /// whose rows belong to no LSN until the snapshot is whole. A store whose
     /// applied LSN is unset is incomplete, and [`Store::clear`]ed on start.
     pub fn write_unanchored(&self, batch: Batch) -> Result<(), StateError> {
-        self.tree.apply_batch(batch.inner).map_err(io("commit"))?;
-        self.db.flush().map_err(io("flush"))?;
-        Ok(())
+        self.writer
+            .submit(batch.inner, None)
+            .map_err(|(op, source)| StateError::Io { op, source })?;
+        self.wait()
     }
 
     /// Removes everything (an incomplete backfill or restore), keeping the format.
     pub fn clear(&self) -> Result<(), StateError> {
+        self.wait()?;
         self.tree.clear().map_err(io("clear"))?;
         self.tree
             .insert(META_FORMAT, &[FORMAT_VERSION])
             .map_err(io("clear"))?;
         self.db.flush().map_err(io("flush"))?;
         self.applied.store(0, Ordering::Release);
+        self.submitted.store(0, Ordering::Release);
         Ok(())
     }
 
     /// Whether the store holds anything beyond its format marker.
     pub fn is_empty(&self) -> Result<bool, StateError> {
+        self.wait()?;
         for item in self.tree.iter().keys() {
             if item.map_err(io("scan"))?.as_ref() != META_FORMAT {
                 return Ok(false);
@@ -284,6 +347,11 @@ impl Store {
             op: "read the state",
             source: std::io::Error::other(source),
         };
+        self.wait().map_err(|e| CheckpointError::Io {
+            path: path.to_owned(),
+            op: "finish the last state commit",
+            source: std::io::Error::other(e),
+        })?;
         let lsn = self.applied_lsn().ok_or_else(|| CheckpointError::Corrupt {
             path: path.to_owned(),
             reason: "the state is incomplete (no applied LSN): nothing to checkpoint".into(),
@@ -362,10 +430,12 @@ impl Store {
             .map_err(store_err("write the state"))?;
         self.db.flush().map_err(store_err("flush the state"))?;
         self.applied.store(info.lsn.0, Ordering::Release);
+        self.submitted.store(info.lsn.0, Ordering::Release);
         Ok(info)
     }
 
     pub fn stats(&self) -> Result<StoreStats, StateError> {
+        self.wait()?;
         Ok(StoreStats {
             keys: self.tree.len(),
             disk_bytes: self.db.size_on_disk().map_err(io("stats"))?,
@@ -376,19 +446,20 @@ impl Store {
 /// Puts and removes to apply together with an applied LSN.
 #[derive(Default)]
 pub struct Batch {
-    inner: sled::Batch,
+    inner: Writes,
     ops: usize,
 }
 
 impl Batch {
     pub fn put<K: StateKey, V: Serialize>(&mut self, key: &K, value: &V) -> Result<(), StateError> {
-        self.inner.insert(full_key(key), encode(K::SPACE, value)?);
+        self.inner
+            .insert(full_key(key), Some(encode(K::SPACE, value)?));
         self.ops += 1;
         Ok(())
     }
 
     pub fn remove<K: StateKey>(&mut self, key: &K) {
-        self.inner.remove(full_key(key));
+        self.inner.insert(full_key(key), None);
         self.ops += 1;
     }
 
@@ -397,13 +468,13 @@ impl Batch {
         let mut full = Vec::with_capacity(key.len() + 1);
         full.push(space as u8);
         full.extend_from_slice(key);
-        self.inner.remove(full);
+        self.inner.insert(full, None);
         self.ops += 1;
     }
 
     pub fn put_meta<V: Serialize>(&mut self, name: &str, value: &V) -> Result<(), StateError> {
         self.inner
-            .insert(meta_key(name), encode(Space::Meta, value)?);
+            .insert(meta_key(name), Some(encode(Space::Meta, value)?));
         self.ops += 1;
         Ok(())
     }
@@ -611,5 +682,62 @@ mod tests {
         b.put(&FactId(7), &(1_u8, 2_u8)).unwrap();
         store.commit(b, Lsn(1)).unwrap();
         assert!(store.get::<_, Vec<String>>(&FactId(7)).is_err());
+    }
+
+    #[test]
+    fn a_large_batch_is_readable_while_in_flight_and_whole_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 5_000_u64;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            for i in 0..n {
+                b.put(&FactId(i), &i).unwrap();
+            }
+            store.submit(b, Lsn(10)).unwrap();
+            // Readable at once, whether or not the writer has finished.
+            assert_eq!(store.get::<_, u64>(&FactId(4_321)).unwrap(), Some(4_321));
+            let mut b = Batch::default();
+            b.remove(&FactId(0));
+            store.submit(b, Lsn(20)).unwrap();
+            assert_eq!(store.get::<_, u64>(&FactId(0)).unwrap(), None);
+            store.wait().unwrap();
+            assert_eq!(store.applied_lsn(), Some(Lsn(20)));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(20)));
+        let keys = store.scan_keys(Space::Fact, &[]).count();
+        assert_eq!(keys as u64, n - 1);
+        assert_eq!(store.tree.get(crate::writer::META_REDO).unwrap(), None);
+    }
+
+    #[test]
+    fn a_redo_record_left_by_a_crash_is_finished_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            b.put(&FactId(1), &1_u64).unwrap();
+            store.commit(b, Lsn(5)).unwrap();
+            // What a crash after the redo record, before its chunks, leaves.
+            let mut b = Batch::default();
+            b.remove(&FactId(1));
+            for i in 2..3_000 {
+                b.put(&FactId(i), &i).unwrap();
+            }
+            b.inner.insert(
+                META_APPLIED.to_vec(),
+                Some(encode(Space::Meta, &Lsn(9)).unwrap()),
+            );
+            let redo = codec::encode(&b.inner).unwrap();
+            store.tree.insert(crate::writer::META_REDO, redo).unwrap();
+            store.db.flush().unwrap();
+            assert_eq!(store.applied_lsn(), Some(Lsn(5)));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(9)));
+        assert_eq!(store.get::<_, u64>(&FactId(1)).unwrap(), None);
+        assert_eq!(store.get::<_, u64>(&FactId(2_999)).unwrap(), Some(2_999));
+        assert_eq!(store.tree.get(crate::writer::META_REDO).unwrap(), None);
     }
 }

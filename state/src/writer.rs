@@ -1,0 +1,243 @@
+//! The background committer: applies and flushes one batch while the caller
+//! goes on preparing the next.
+//!
+//! Why: a sled commit of a batch costs about as much as aggregating it, and
+//! the two need not wait for each other. The batch in flight stays readable
+//! (an overlay checked before the tree) until sled holds it, so the next
+//! batch's reads see it either way. One batch at most is in flight: memory
+//! stays bounded and a failure is reported by the very next submit or wait.
+//!
+//! sled's `apply_batch` holds a process-wide lock that stops every read for
+//! its whole length, and pins memory it cannot free until it ends. So a large
+//! batch is written as a redo record first (one value, flushed), then applied
+//! in chunks of [`CHUNK`], then sealed by moving the applied LSN and removing
+//! the record in one small atomic batch. [`recover`] finishes a redo record a
+//! crash left behind when the store is opened: the puts and removes are
+//! absolute, so applying them again is harmless.
+
+use crate::codec;
+use crate::lsn::Lsn;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// Where the applied LSN lives (see the store).
+pub(crate) const META_APPLIED: &[u8] = &[0, b'l'];
+/// The redo record of a large batch being applied.
+pub(crate) const META_REDO: &[u8] = &[0, b'r'];
+
+/// Encoded puts (`Some`) and removes (`None`), in key order.
+pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+struct Job {
+    writes: Arc<Writes>,
+    /// The applied LSN the batch moves the store to (`None`: unanchored).
+    applied: Option<Lsn>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The batch being written; readable until it is in the tree.
+    in_flight: Option<Job>,
+    /// Set once a write failed; every later submit and wait reports it, so
+    /// the owner drops this store and reopens it.
+    failed: Option<(&'static str, sled::Error)>,
+    stop: bool,
+}
+
+struct Shared {
+    slot: Mutex<Slot>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread; `durable` is advanced after each flushed batch.
+    pub(crate) fn start(db: sled::Db, tree: sled::Tree, durable: Arc<AtomicU64>) -> Writer {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot::default()),
+            changed: Condvar::new(),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("raa-state-writer".into())
+            .spawn(move || run(&worker, &db, &tree, &durable))
+            .expect("spawning the state writer thread");
+        Writer {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// Hands `writes` to the thread once the previous batch is done.
+    pub(crate) fn submit(
+        &self,
+        writes: Writes,
+        applied: Option<Lsn>,
+    ) -> Result<(), (&'static str, sled::Error)> {
+        let mut slot = self.idle()?;
+        slot.in_flight = Some(Job {
+            writes: Arc::new(writes),
+            applied,
+        });
+        self.shared.changed.notify_all();
+        Ok(())
+    }
+
+    /// Waits until nothing is in flight; the error of a failed write.
+    pub(crate) fn wait(&self) -> Result<(), (&'static str, sled::Error)> {
+        self.idle().map(drop)
+    }
+
+    fn idle(&self) -> Result<MutexGuard<'_, Slot>, (&'static str, sled::Error)> {
+        let mut slot = self.shared.lock();
+        loop {
+            if let Some((op, e)) = &slot.failed {
+                return Err((op, e.clone()));
+            }
+            if slot.in_flight.is_none() {
+                return Ok(slot);
+            }
+            slot = self
+                .shared
+                .changed
+                .wait(slot)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The batch in flight's write of `key`, if it has one: `Some(None)`
+    /// when it removes the key.
+    pub(crate) fn pending(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let slot = self.shared.lock();
+        slot.in_flight.as_ref()?.writes.get(key).cloned()
+    }
+}
+
+impl Drop for Writer {
+    /// Lets the batch in flight finish, then ends the thread, so the tree is
+    /// released when the store is dropped.
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Batches up to this many writes are applied in one `apply_batch`.
+const CHUNK: usize = 1024;
+
+/// Applies `writes` atomically (see the module docs) and flushes them.
+fn write(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    writes: &Writes,
+) -> Result<(), (&'static str, sled::Error)> {
+    if writes.len() <= CHUNK {
+        tree.apply_batch(batch(writes.iter()))
+            .map_err(|e| ("commit", e))?;
+        return db.flush().map(drop).map_err(|e| ("flush", e));
+    }
+    let redo = codec::encode(writes).map_err(|e| {
+        (
+            "commit",
+            sled::Error::ReportableBug(format!("encoding a redo record: {e}")),
+        )
+    })?;
+    tree.insert(META_REDO, redo).map_err(|e| ("commit", e))?;
+    db.flush().map_err(|e| ("flush", e))?;
+    finish(db, tree, writes)
+}
+
+/// Applies a batch whose redo record is durable, then seals it.
+fn finish(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    writes: &Writes,
+) -> Result<(), (&'static str, sled::Error)> {
+    let body: Vec<_> = writes
+        .iter()
+        .filter(|(k, _)| k.as_slice() != META_APPLIED)
+        .collect();
+    for chunk in body.chunks(CHUNK) {
+        tree.apply_batch(batch(chunk.iter().copied()))
+            .map_err(|e| ("commit", e))?;
+    }
+    let mut seal = batch(writes.iter().filter(|(k, _)| k.as_slice() == META_APPLIED));
+    seal.remove(META_REDO);
+    tree.apply_batch(seal).map_err(|e| ("commit", e))?;
+    db.flush().map(drop).map_err(|e| ("flush", e))
+}
+
+fn batch<'a>(writes: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (k, v) in writes {
+        match v {
+            Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+            None => batch.remove(k.as_slice()),
+        }
+    }
+    batch
+}
+
+/// Completes a batch whose redo record a crash left in the store. Returns
+/// whether there was one.
+pub(crate) fn recover(db: &sled::Db, tree: &sled::Tree) -> Result<bool, RecoverError> {
+    let Some(redo) = tree.get(META_REDO).map_err(RecoverError::Io)? else {
+        return Ok(false);
+    };
+    let writes: Writes = codec::decode(&redo).map_err(RecoverError::Codec)?;
+    finish(db, tree, &writes).map_err(|(_, e)| RecoverError::Io(e))?;
+    Ok(true)
+}
+
+pub(crate) enum RecoverError {
+    Io(sled::Error),
+    Codec(codec::CodecError),
+}
+
+fn run(shared: &Shared, db: &sled::Db, tree: &sled::Tree, durable: &AtomicU64) {
+    loop {
+        let (writes, applied) = {
+            let mut slot = shared.lock();
+            loop {
+                if let Some(job) = &slot.in_flight {
+                    if slot.failed.is_none() {
+                        break (job.writes.clone(), job.applied);
+                    }
+                }
+                if slot.stop {
+                    return;
+                }
+                slot = shared.changed.wait(slot).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        let result = write(db, tree, &writes);
+        let mut slot = shared.lock();
+        match result {
+            Ok(()) => {
+                if let Some(lsn) = applied {
+                    durable.store(lsn.0, Ordering::Release);
+                }
+                slot.in_flight = None;
+            }
+            // The batch stays visible to reads: the owner is told by its next
+            // submit or wait and rebuilds from the store.
+            Err(e) => slot.failed = Some(e),
+        }
+        shared.changed.notify_all();
+    }
+}

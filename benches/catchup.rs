@@ -105,8 +105,11 @@ impl Knobs {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo test --benches` enumerates; there is nothing to test here
+    // `cargo bench` passes `--bench`; `cargo test --benches` (which also
+    // enumerates with `--list`) does not: a run of minutes is no test.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("not run: this benchmark runs under `cargo bench` (see scripts/bench.sh)");
+        return;
     }
     let knobs = Knobs::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -461,6 +461,8 @@ struct Pipeline<S> {
     checkpointed: Option<Lsn>,
     /// When the newest checkpoint was written (Unix seconds).
     last_checkpoint: Option<i64>,
+    /// How long the last checkpoint of this run took.
+    checkpoint_took: Duration,
     newest_checkpoint: Option<Lsn>,
     /// `None`: no share; acknowledge what is durable locally.
     ack_policy: Option<AckPolicy>,
@@ -489,6 +491,7 @@ impl<S: Sink> Pipeline<S> {
             system_id: String::new(),
             checkpointed: None,
             last_checkpoint: None,
+            checkpoint_took: Duration::ZERO,
             newest_checkpoint: None,
             ack_policy: None,
         })
@@ -648,14 +651,19 @@ impl<S: Sink> Pipeline<S> {
         let Some(c) = &opts.checkpoints else {
             return Ok(());
         };
+        // Due `interval` after the previous one started, and never sooner
+        // than twice its duration: streaming keeps at least half the time
+        // when checkpoints grow longer than the interval.
         let age = jiff::Timestamp::now().as_second() - self.last_checkpoint.unwrap_or(i64::MIN / 2);
-        let due = age >= c.interval.as_secs() as i64;
+        let spacing = c.interval.max(self.checkpoint_took * 2);
+        let due = age >= spacing.as_secs() as i64;
         if !(now || due) || self.newest_checkpoint >= Some(self.applied) {
             return Ok(());
         }
         let started = Instant::now();
         let (store, id) = (&self.store, &self.system_id);
         let info = blocking(|| c.share.write(store, id))?;
+        self.checkpoint_took = started.elapsed();
         crate::ops::metrics::metrics().checkpoint_completed(started.elapsed());
         self.note_checkpoints(&c.share)?;
         tracing::info!(lsn = %info.lsn, entries = info.entries, ms = started.elapsed().as_millis() as u64, "checkpoint written to the share");

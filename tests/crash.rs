@@ -57,6 +57,34 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+fn log_count(log: &Path, what: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(what)
+        .count()
+}
+
+/// Waits (up to ten minutes) until `what` appears `n` times in the log of
+/// the running `child`.
+async fn wait_for_log(child: &mut std::process::Child, log: &Path, what: &str, n: usize) {
+    for _ in 0..6_000 {
+        if log_count(log, what) >= n {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "raa exited ({status}) while waiting for {what:?}:\n{}",
+                tail(log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{what:?} did not appear {n} times in the log:\n{}",
+        tail(log)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_loses_and_doubles_nothing() {
     let kills = env_or("RAA_CRASH_KILLS", 24);
@@ -77,25 +105,46 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
     g.dimensions(&c).await.unwrap();
     g.day(&mut c, 20_000, 1_000).await.unwrap();
 
-    let workload = tokio::spawn(async move {
-        for round in 0..8 {
-            g.chaos(&mut c, 25).await.unwrap();
-            g.day(&mut c, 600, 60).await.unwrap();
-            if round == 2 {
-                // One transaction of `big` rows (plus its updates and deletes).
-                g.day(&mut c, big, big).await.unwrap();
+    // The mixed workload, started once the backfill is done, so its kills
+    // land in streaming.
+    let start_workload = move || {
+        tokio::spawn(async move {
+            for round in 0..8 {
+                g.chaos(&mut c, 25).await.unwrap();
+                g.day(&mut c, 600, 60).await.unwrap();
+                if round == 2 {
+                    // One transaction of `big` rows (plus its updates and deletes).
+                    g.day(&mut c, big, big).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-        g.written
-    });
+            g.written
+        })
+    };
+    let mut start_workload = Some(start_workload);
+    let mut workload = None;
 
+    // The first kills land inside the backfill (soon after it starts), the
+    // next run is let finish it and its sink rewrite and start streaming, and
+    // the rest land at random moments of streaming: so each phase is covered
+    // however fast this machine is.
+    let backfill_kills = 3.min(kills);
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
     for kill in 0..kills {
+        let started = log_count(&log, "backfilling the facts");
         let mut running = raa(&db, &state, &share, &log, &[]);
         let child = running.child();
-        let wait = rng.random_range(100..2_500);
-        tokio::time::sleep(Duration::from_millis(wait)).await;
+        if kill < backfill_kills {
+            wait_for_log(child, &log, "backfilling the facts", started + 1).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        } else {
+            if kill == backfill_kills {
+                wait_for_log(child, &log, "raa::pipeline: streaming", 1).await;
+                workload = start_workload.take().map(|f| f());
+            }
+            let wait = rng.random_range(100..2_500);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
         if let Some(status) = child.try_wait().unwrap() {
             panic!(
                 "raa exited by itself ({status}) before kill {kill}:\n{}",
@@ -105,6 +154,7 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
+    let workload = workload.unwrap_or_else(|| start_workload.take().expect("workload")());
     let written = workload.await.unwrap();
     assert!(written.transactions > 100, "{written:?}");
     let logged = std::fs::read_to_string(&log).unwrap();

@@ -10,10 +10,10 @@
 //! and sunk (its reads see the batch in flight), so the sink may run one
 //! batch further ahead of the durable state; the next batch's step 2 waits
 //! for the one before. A crash between 1 and 2 leaves the sink ahead of the
-//! state. On restart the
-//! stream resumes from the state's LSN, the state re-applies those
-//! transactions (reaching the same accumulators), and their sink writes are
-//! skipped while `end` ≤ the sink's progress: the tables already hold them.
+//! state. On restart the stream resumes from the state's LSN, the state
+//! re-applies those transactions (reaching the same accumulators), and their
+//! sink writes are skipped while `end` ≤ the sink's progress: the tables
+//! already hold them.
 //! A crash between 2 and 3 only means the server resends what raa skips: a
 //! transaction whose end LSN is at or below the state's is never applied
 //! twice. So the acknowledged position ≤ the durable one, by construction.

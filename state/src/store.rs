@@ -174,9 +174,15 @@ impl Store {
             None => 0,
         };
         let durable = Arc::new(AtomicU64::new(applied));
+        let writer = Writer::start(db.clone(), tree.clone(), durable.clone()).map_err(|e| {
+            StateError::Open {
+                path: dir.to_owned(),
+                source: sled::Error::Io(e),
+            }
+        })?;
         Ok(Store {
             path: dir.to_owned(),
-            writer: Writer::start(db.clone(), tree.clone(), durable.clone()),
+            writer,
             db,
             tree,
             applied: durable,

@@ -64,7 +64,11 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Starts the thread; `durable` is advanced after each flushed batch.
-    pub(crate) fn start(db: sled::Db, tree: sled::Tree, durable: Arc<AtomicU64>) -> Writer {
+    pub(crate) fn start(
+        db: sled::Db,
+        tree: sled::Tree,
+        durable: Arc<AtomicU64>,
+    ) -> std::io::Result<Writer> {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot::default()),
             changed: Condvar::new(),
@@ -72,12 +76,11 @@ impl Writer {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("raa-state-writer".into())
-            .spawn(move || run(&worker, &db, &tree, &durable))
-            .expect("spawning the state writer thread");
-        Writer {
+            .spawn(move || run(&worker, &db, &tree, &durable))?;
+        Ok(Writer {
             shared,
             thread: Some(thread),
-        }
+        })
     }
 
     /// Hands `writes` to the thread once the previous batch is done.

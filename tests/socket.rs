@@ -10,47 +10,12 @@ mod support;
 
 use raa::aggregate::Settings;
 use raa::loadgen::Generator;
-use raa::ops::shutdown::Shutdown;
-use raa::pipeline::{self, Options, Summary};
-use raa::sink::PgSink;
-use raa::source::SourceConfig;
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::TestDb;
 
 /// Monday 2026-10-26T00:00Z (as in tests/catalog.rs).
 const WEEK: i64 = 1_792_972_800;
-
-/// `raa run --until-caught-up` in process, every connection through `url`.
-async fn catch_up(db: &TestDb, url: &str, state: &Path, settings: &Settings) -> Summary {
-    let source = SourceConfig::new(url, &db.name, "raa").expect("socket source config");
-    let sink = PgSink::new(support::connect(url).await, &db.name, settings)
-        .await
-        .expect("sink over the socket");
-    let store = Arc::new(raa_state::Store::open(state).expect("open state"));
-    let opts = Options {
-        until_caught_up: true,
-        batch_changes: 5_000,
-        batch_delay: Duration::from_millis(50),
-        ..Options::default()
-    };
-    tokio::time::timeout(
-        Duration::from_secs(300),
-        pipeline::run(
-            &source,
-            store,
-            settings.clone(),
-            sink,
-            opts,
-            Shutdown::default(),
-        ),
-    )
-    .await
-    .expect("catch-up finished within 300 s")
-    .expect("pipeline run over the socket")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_source_streams_over_its_unix_socket() {
@@ -72,12 +37,18 @@ async fn a_local_source_streams_over_its_unix_socket() {
     let mut g = Generator::new(7, WEEK);
     g.dimensions(&c).await.unwrap();
     g.week(&mut c, 60, 20).await.unwrap();
-    let first = catch_up(&db, &url, &state, &settings).await;
+    let first = db
+        .catch_up_over(&url, &state, &settings, None)
+        .await
+        .expect("pipeline run over the socket");
     assert!(first.backfilled_rows > 1_000, "{first:?}");
     db.assert_verified(&settings).await;
     g.week(&mut c, 40, 20).await.unwrap();
     g.chaos(&mut c, 20).await.unwrap();
-    let second = catch_up(&db, &url, &state, &settings).await;
+    let second = db
+        .catch_up_over(&url, &state, &settings, None)
+        .await
+        .expect("pipeline run over the socket");
     assert!(
         second.changes > 1_000 && second.backfilled_rows == 0,
         "{second:?}"

@@ -144,9 +144,22 @@ impl TestDb {
         settings: &Settings,
         failpoint: Option<pipeline::Failpoint>,
     ) -> Result<Summary, pipeline::PipelineError> {
+        self.catch_up_over(&self.url, state_dir, settings, failpoint)
+            .await
+    }
+
+    /// `raa run --until-caught-up` in process, every connection through
+    /// `url` (this database's, or another way to reach it).
+    pub async fn catch_up_over(
+        &self,
+        url: &str,
+        state_dir: &Path,
+        settings: &Settings,
+        failpoint: Option<pipeline::Failpoint>,
+    ) -> Result<Summary, pipeline::PipelineError> {
         let store = Arc::new(raa_state::Store::open(state_dir).expect("open state"));
-        let src = self.source();
-        let sink = PgSink::new(self.client().await, &src.slot, settings)
+        let src = SourceConfig::new(url, &self.name, "raa").expect("valid source config");
+        let sink = PgSink::new(connect(url).await, &src.slot, settings)
             .await
             .expect("sink");
         let opts = Options {

@@ -121,13 +121,7 @@ async fn a_full_state_disk_is_retried_until_there_is_space() {
         .unwrap();
     assert!(remount.success());
     // The operator's recovery: stop raa, empty the state directory, start it.
-    let pid = raa.child().id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    raa.child().wait().unwrap();
+    raa.terminate();
     for entry in std::fs::read_dir(&state).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
@@ -154,11 +148,5 @@ async fn a_full_state_disk_is_retried_until_there_is_space() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(log_has(&log, "restored the state from a checkpoint"));
-    let pid = raa.child().id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert!(raa.child().wait().unwrap().success());
+    assert!(raa.terminate().success());
 }

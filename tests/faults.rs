@@ -11,7 +11,7 @@ mod support;
 use raa::aggregate::Settings;
 use raa::loadgen::Generator;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::TestDb;
 
@@ -121,10 +121,7 @@ async fn restarts_cut_connections_and_failing_sink_commits_lose_nothing() {
     assert!(raa.child().try_wait().unwrap().is_none(), "raa gave up");
 
     // SIGTERM: a clean stop.
-    let pid = raa.child().id().to_string();
-    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(term.success());
-    let status = raa.child().wait().unwrap();
+    let status = raa.terminate();
     assert!(status.success(), "{status}");
 
     // 4. The slot dropped while raa was down: refused, with what to do.

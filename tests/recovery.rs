@@ -7,7 +7,7 @@ use raa::aggregate::Settings;
 use raa::loadgen::Generator;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use support::TestDb;
 
 const DAY: i64 = 1_774_569_600;
@@ -204,12 +204,7 @@ async fn reaggregate_repairs_what_replication_missed_while_streaming_and_offline
     ));
     assert!(out.contains("ok:"), "{out}");
     g.chaos(&mut c, 10).await.unwrap();
-    let stop = Command::new("kill")
-        .args(["-TERM", &running.child().id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stop.success());
-    assert!(running.child().wait().unwrap().success());
+    assert!(running.terminate().success());
     ok(raa(&db, &state, &share, &["run", "--until-caught-up"]));
     db.assert_verified(&settings).await;
 

@@ -10,7 +10,7 @@ mod support;
 
 use raa::aggregate::Settings;
 use raa::loadgen::Generator;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::TestDb;
 
@@ -111,10 +111,7 @@ async fn a_local_source_streams_over_its_unix_socket() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let pid = raa.child().id().to_string();
-    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(term.success());
-    let status = raa.child().wait().unwrap();
+    let status = raa.terminate();
     assert!(
         status.success(),
         "raa did not stop cleanly ({status}):\n{}",

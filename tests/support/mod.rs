@@ -244,6 +244,17 @@ impl Running {
     pub fn child(&mut self) -> &mut std::process::Child {
         self.0.as_mut().expect("child is present until dropped")
     }
+
+    /// Sends SIGTERM (what a pod's stop sends) and waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let child = self.child();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed: {sent}");
+        child.wait().expect("wait for raa")
+    }
 }
 
 impl Drop for Running {

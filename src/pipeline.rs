@@ -202,6 +202,9 @@ impl PipelineError {
     /// are re-read, so nothing in memory is trusted after an error.
     pub fn is_transient(&self) -> bool {
         use PipelineError as E;
+        if self.is_state_io() {
+            return true;
+        }
         match self {
             E::Stream(StreamError::Replication(e))
             | E::Identify(SnapshotError::Replication { source: e, .. }) => replication_transient(e),
@@ -214,10 +217,6 @@ impl PipelineError {
                     SinkError::ProgressRegressed { .. } | SinkError::BadProgress { .. }
                 )
             }
-            E::State { source, .. } => matches!(source, StateError::Io { .. }),
-            E::Aggregate { source, .. } | E::Finish { source, .. } => {
-                matches!(source, AggregateError::State(StateError::Io { .. }))
-            }
             E::Backfill(b) => match b {
                 BackfillError::Connect(_) | BackfillError::Finish(_) => true,
                 BackfillError::Snapshot(SnapshotError::Replication { source, .. }) => {
@@ -228,7 +227,6 @@ impl PipelineError {
                 BackfillError::Snapshot(SnapshotError::Setup(
                     SetupError::Sql { .. } | SetupError::SlotActive(_),
                 )) => true,
-                BackfillError::State(StateError::Io { .. }) => true,
                 _ => false,
             },
             E::Share(ShareError::Io { .. }) => true,
@@ -248,7 +246,8 @@ impl PipelineError {
             E::Aggregate { source, .. } | E::Finish { source, .. } => {
                 matches!(source, AggregateError::State(StateError::Io { .. }))
             }
-            E::Backfill(BackfillError::State(StateError::Io { .. })) => true,
+            E::Backfill(BackfillError::State(StateError::Io { .. }))
+            | E::Share(ShareError::State(StateError::Io { .. })) => true,
             _ => false,
         }
     }

@@ -20,6 +20,8 @@ pub enum ShareError {
     },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("the state to checkpoint could not be settled")]
+    State(#[source] raa_state::StateError),
     #[error(
         "checkpoint {path} was taken from database cluster {found}, but the source is cluster \
          {expected}: is --share-dir shared with another Info Mart? Give each raa its own slot name"
@@ -81,6 +83,10 @@ impl Share {
 
     /// Writes a checkpoint of `store` now, then prunes beyond the retention.
     pub fn write(&self, store: &Store, system_id: &str) -> Result<CheckpointInfo, ShareError> {
+        // The batch the writer may still be flushing goes into the checkpoint,
+        // so its LSN, not the one durable now, names the file: names drive
+        // the acknowledgements and the "already checkpointed" test.
+        store.wait().map_err(ShareError::State)?;
         let lsn = store.applied_lsn().unwrap_or_default();
         let now = jiff::Timestamp::now().as_second();
         let path = self
@@ -241,4 +247,35 @@ pub enum CheckpointNowError {
     Signal(u32, String),
     #[error("raa (pid {0}) wrote no checkpoint within 5 minutes: is it running with --share-dir?")]
     Timeout(u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raa_state::{Batch, Space, StateKey};
+
+    struct Key(u32);
+    impl StateKey for Key {
+        const SPACE: Space = Space::Fact;
+        fn encode_key(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.0.to_be_bytes());
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_is_named_by_the_lsn_it_holds_while_a_batch_is_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state")).unwrap();
+        store.commit(Batch::default(), Lsn(100)).unwrap();
+        // Large enough that the writer is still flushing it below.
+        let mut batch = Batch::default();
+        for i in 0..50_000 {
+            batch.put(&Key(i), &i).unwrap();
+        }
+        store.submit(batch, Lsn(200)).unwrap();
+        let share = Share::new(&dir.path().join("share"), "raa", 3).unwrap();
+        let info = share.write(&store, "cluster").unwrap();
+        assert_eq!(info.lsn, Lsn(200));
+        assert_eq!(share.positions().unwrap()[0].0, info.lsn);
+    }
 }

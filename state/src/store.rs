@@ -407,7 +407,7 @@ impl Store {
             }
             batch.insert(k, v);
             pending += 1;
-            if pending == 10_000 {
+            if pending == crate::writer::CHUNK {
                 self.tree
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(store_err("write the state"))?;

@@ -140,8 +140,12 @@ impl Drop for Writer {
     }
 }
 
-/// Batches up to this many writes are applied in one `apply_batch`.
-const CHUNK: usize = 1024;
+/// Batches up to this many writes are applied in one `apply_batch`. Why not
+/// more: sled 0.34 copies a node on every write and frees the copies only
+/// when the batch ends, so a batch of writes to neighbouring keys holds
+/// memory quadratic in its length (restoring 1M sorted entries in batches of
+/// 10 000 peaked at 3.5 GB resident; in batches of 1 000, 0.65 GB).
+pub(crate) const CHUNK: usize = 1024;
 
 /// Applies `writes` atomically (see the module docs) and flushes them.
 fn write(

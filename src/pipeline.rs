@@ -575,6 +575,11 @@ impl<S: Sink> Pipeline<S> {
                         return self.settle(stream);
                     }
                     self.apply(&txn)?;
+                    let applied = self.batch_end == Some(txn.end_lsn);
+                    if applied && txn.changes.len() >= opts.batch_changes {
+                        // Minutes may pass without a batch: say why.
+                        tracing::info!(changes = txn.changes.len(), xid = txn.xid, end = %txn.end_lsn, "a transaction larger than a batch is aggregated: committing it");
+                    }
                     if self.work.changes >= opts.batch_changes {
                         self.flush(stream).await?;
                     }

@@ -6,8 +6,7 @@
 //! restores from the share and must reach the same tables.
 //!
 //! `RAA_CRASH_KILLS` (default 24) and `RAA_CRASH_BIG_TXN_ROWS` (default
-//! 50 000; the issue's 1 000 000 takes minutes per restart in a debug build)
-//! scale it.
+//! 1 000 000) scale it.
 
 mod support;
 
@@ -16,10 +15,14 @@ use raa::loadgen::Generator;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use support::TestDb;
 
 const DAY: i64 = 1_774_569_600;
+/// Logged once a transaction larger than a batch is aggregated, before its commit.
+const BIG_BATCH: &str = "a transaction larger than a batch is aggregated";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -88,7 +91,7 @@ async fn wait_for_log(child: &mut std::process::Child, log: &Path, what: &str, n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_loses_and_doubles_nothing() {
     let kills = env_or("RAA_CRASH_KILLS", 24);
-    let big = env_or("RAA_CRASH_BIG_TXN_ROWS", 50_000);
+    let big = env_or("RAA_CRASH_BIG_TXN_ROWS", 1_000_000);
     let settings = Settings::default();
     let db = TestDb::new().await;
     db.init(&settings).await;
@@ -107,6 +110,8 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
 
     // The mixed workload, started once the backfill is done, so its kills
     // land in streaming.
+    let big_committed = Arc::new(AtomicBool::new(false));
+    let committed = big_committed.clone();
     let start_workload = move || {
         tokio::spawn(async move {
             for round in 0..8 {
@@ -115,6 +120,7 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
                 if round == 2 {
                     // One transaction of `big` rows (plus its updates and deletes).
                     g.day(&mut c, big, big).await.unwrap();
+                    committed.store(true, Ordering::Release);
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
@@ -125,18 +131,32 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
     let mut workload = None;
 
     // The first kills land inside the backfill (soon after it starts), the
-    // next run is let finish it and its sink rewrite and start streaming, and
-    // the rest land at random moments of streaming: so each phase is covered
-    // however fast this machine is.
+    // next run is let finish it and its sink rewrite and start streaming, the
+    // rest land at random moments of streaming, the last two once the big
+    // transaction has committed: one while it is read and aggregated, one
+    // while its batch is committed. So each phase is covered however fast
+    // this machine is.
     let backfill_kills = 3.min(kills);
+    let big_kills = 2.min(kills - backfill_kills);
     let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
     for kill in 0..kills {
         let started = log_count(&log, "backfilling the facts");
+        let committing = log_count(&log, BIG_BATCH);
         let mut running = raa(&db, &state, &share, &log, &[]);
         let child = running.child();
         if kill < backfill_kills {
             wait_for_log(child, &log, "backfilling the facts", started + 1).await;
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        } else if kill >= kills - big_kills {
+            while !big_committed.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if kill == kills - big_kills {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..20_000))).await;
+            } else {
+                wait_for_log(child, &log, BIG_BATCH, committing + 1).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(0..5_000))).await;
+            }
         } else {
             if kill == backfill_kills {
                 wait_for_log(child, &log, "raa::pipeline: streaming", 1).await;
@@ -160,11 +180,13 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
     let logged = std::fs::read_to_string(&log).unwrap();
     let seen = |what: &str| logged.matches(what).count();
     println!(
-        "{kills} kills: {} backfills started over, {} completed, {} runs reached streaming, {} checkpoints",
+        "{kills} kills: {} backfills started over, {} completed, {} runs reached streaming, \
+         {} checkpoints, the big transaction's batch reached {} times",
         seen("interrupted backfill"),
         seen("backfill complete"),
         seen(" streaming"),
         seen("checkpoint written"),
+        seen(BIG_BATCH),
     );
     // The kills landed in the backfill and in streaming, not only in start-up.
     assert!(seen("interrupted backfill") >= 1, "{}", tail(&log));

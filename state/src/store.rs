@@ -526,6 +526,31 @@ mod tests {
     }
 
     #[test]
+    fn a_store_whose_close_does_not_end_is_left_behind_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(&FactId(7), &"seven".to_string()).unwrap();
+        store.commit(b, Lsn(70)).unwrap();
+        let held = store.writer.hold_close();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(store);
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("dropping the store returned");
+        // Released later, the directory opens with the batch in it.
+        held.store(false, Ordering::Release);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(70)));
+        assert_eq!(
+            store.get::<_, String>(&FactId(7)).unwrap().as_deref(),
+            Some("seven")
+        );
+    }
+
+    #[test]
     fn batch_is_applied_with_its_lsn_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {

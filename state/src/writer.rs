@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Where the applied LSN lives (see the store).
 pub(crate) const META_APPLIED: &[u8] = &[0, b'l'];
@@ -44,11 +45,19 @@ struct Slot {
     /// the owner drops this store and reopens it.
     failed: Option<(&'static str, sled::Error)>,
     stop: bool,
+    /// The thread is past its last batch and lets go of the database.
+    closing: bool,
+    /// ... and has let go of it.
+    closed: bool,
 }
 
 struct Shared {
     slot: Mutex<Slot>,
     changed: Condvar,
+    /// Test hook: the thread does not let go of the database while set, as
+    /// if sled's final flush did not end.
+    #[cfg(test)]
+    hold_close: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Shared {
@@ -72,11 +81,25 @@ impl Writer {
         let shared = Arc::new(Shared {
             slot: Mutex::new(Slot::default()),
             changed: Condvar::new(),
+            #[cfg(test)]
+            hold_close: Default::default(),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("raa-state-writer".into())
-            .spawn(move || run(&worker, &db, &tree, &durable))?;
+            .spawn(move || {
+                run(&worker, &db, &tree, &durable);
+                worker.lock().closing = true;
+                worker.changed.notify_all();
+                #[cfg(test)]
+                while worker.hold_close.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                // The last handles: sled flushes here (see `Writer::drop`).
+                drop((tree, db));
+                worker.lock().closed = true;
+                worker.changed.notify_all();
+            })?;
         Ok(Writer {
             shared,
             thread: Some(thread),
@@ -120,6 +143,13 @@ impl Writer {
         }
     }
 
+    /// Test hook: keeps the thread from closing until the flag returned is cleared.
+    #[cfg(test)]
+    pub(crate) fn hold_close(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.shared.hold_close.store(true, Ordering::Release);
+        self.shared.hold_close.clone()
+    }
+
     /// The batch in flight's write of `key`, if it has one: `Some(None)`
     /// when it removes the key.
     pub(crate) fn pending(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
@@ -128,13 +158,48 @@ impl Writer {
     }
 }
 
+/// How long the thread may take to let go of the database once its last
+/// batch is written.
+const CLOSE_WAIT: Duration = if cfg!(test) {
+    Duration::from_millis(300)
+} else {
+    Duration::from_secs(30)
+};
+
 impl Drop for Writer {
     /// Lets the batch in flight finish, then ends the thread, so the tree is
     /// released when the store is dropped.
+    ///
+    /// sled 0.34 flushes when the last handle of a database is dropped, and
+    /// that flush was seen to wait forever (at the end of a run over a
+    /// 1M-fact state: no I/O pending, every thread parked). Every batch was
+    /// flushed when it was written, so past [`CLOSE_WAIT`] the thread is
+    /// left behind, holding the directory until the process exits, rather
+    /// than hanging the process.
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.changed.notify_all();
-        if let Some(t) = self.thread.take() {
+        let mut slot = self.shared.lock();
+        while !slot.closing {
+            slot = self
+                .shared
+                .changed
+                .wait(slot)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        let (slot, waited) = self
+            .shared
+            .changed
+            .wait_timeout_while(slot, CLOSE_WAIT, |s| !s.closed)
+            .unwrap_or_else(|p| p.into_inner());
+        drop(slot);
+        if waited.timed_out() {
+            tracing::warn!(
+                secs = CLOSE_WAIT.as_secs(),
+                "the state store did not close (a sled flush that does not end); \
+                 every batch was already durable: leaving it to the process exit"
+            );
+        } else if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }

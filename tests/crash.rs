@@ -67,10 +67,16 @@ fn log_count(log: &Path, what: &str) -> usize {
         .count()
 }
 
-/// Waits (up to ten minutes) until `what` appears `n` times in the log of
-/// the running `child`.
-async fn wait_for_log(child: &mut std::process::Child, log: &Path, what: &str, n: usize) {
-    for _ in 0..6_000 {
+/// Waits (up to `minutes`) until `what` appears `n` times in the log of the
+/// running `child`.
+async fn wait_for_log(
+    child: &mut std::process::Child,
+    log: &Path,
+    what: &str,
+    n: usize,
+    minutes: u64,
+) {
+    for _ in 0..minutes * 600 {
         if log_count(log, what) >= n {
             return;
         }
@@ -145,21 +151,26 @@ async fn kill_9_at_random_points_loses_and_doubles_nothing() {
         let mut running = raa(&db, &state, &share, &log, &[]);
         let child = running.child();
         if kill < backfill_kills {
-            wait_for_log(child, &log, "backfilling the facts", started + 1).await;
+            wait_for_log(child, &log, "backfilling the facts", started + 1, 10).await;
             tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
         } else if kill >= kills - big_kills {
+            let workload: &tokio::task::JoinHandle<_> =
+                workload.as_ref().expect("the workload runs");
             while !big_committed.load(Ordering::Acquire) {
+                assert!(!workload.is_finished(), "the workload ended early");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if kill == kills - big_kills {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(1_000..20_000))).await;
             } else {
-                wait_for_log(child, &log, BIG_BATCH, committing + 1).await;
+                // Reading and aggregating a million rows takes minutes in a
+                // debug build on a loaded machine.
+                wait_for_log(child, &log, BIG_BATCH, committing + 1, 40).await;
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..5_000))).await;
             }
         } else {
             if kill == backfill_kills {
-                wait_for_log(child, &log, "raa::pipeline: streaming", 1).await;
+                wait_for_log(child, &log, "raa::pipeline: streaming", 1, 10).await;
                 workload = start_workload.take().map(|f| f());
             }
             let wait = rng.random_range(100..2_500);

@@ -88,6 +88,8 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("raa-state-writer".into())
             .spawn(move || {
+                // Also on a panic: `Writer::drop` then joins and returns.
+                let _closed = Closed(worker.clone());
                 run(&worker, &db, &tree, &durable);
                 worker.lock().closing = true;
                 worker.changed.notify_all();
@@ -97,8 +99,6 @@ impl Writer {
                 }
                 // The last handles: sled flushes here (see `Writer::drop`).
                 drop((tree, db));
-                worker.lock().closed = true;
-                worker.changed.notify_all();
             })?;
         Ok(Writer {
             shared,
@@ -155,6 +155,18 @@ impl Writer {
     pub(crate) fn pending(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
         let slot = self.shared.lock();
         slot.in_flight.as_ref()?.writes.get(key).cloned()
+    }
+}
+
+/// Marks the thread closed when it ends, however it ends.
+struct Closed(Arc<Shared>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        let mut slot = self.0.lock();
+        slot.closing = true;
+        slot.closed = true;
+        self.0.changed.notify_all();
     }
 }
 

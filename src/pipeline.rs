@@ -668,9 +668,9 @@ impl<S: Sink> Pipeline<S> {
         let (store, id) = (&self.store, &self.system_id);
         let info = blocking(|| c.share.write(store, id))?;
         self.checkpoint_took = started.elapsed();
-        crate::ops::metrics::metrics().checkpoint_completed(started.elapsed());
+        crate::ops::metrics::metrics().checkpoint_completed(self.checkpoint_took);
         self.note_checkpoints(&c.share)?;
-        tracing::info!(lsn = %info.lsn, entries = info.entries, ms = started.elapsed().as_millis() as u64, "checkpoint written to the share");
+        tracing::info!(lsn = %info.lsn, entries = info.entries, ms = self.checkpoint_took.as_millis() as u64, "checkpoint written to the share");
         self.ack(stream);
         Ok(())
     }

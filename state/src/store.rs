@@ -83,6 +83,11 @@ pub enum StateError {
     FormatMismatch { path: PathBuf, found: u8 },
     #[error("refusing to move the applied LSN backwards from {current} to {requested}")]
     LsnBackwards { current: Lsn, requested: Lsn },
+    #[error(
+        "refusing an unanchored write to a store at applied LSN {applied}: it is written \
+         without a redo record, so a crash in it would leave that state half-changed"
+    )]
+    Anchored { applied: Lsn },
 }
 
 /// Size figures for metrics and logs.
@@ -306,8 +311,14 @@ impl Store {
 
     /// Applies `batch` durably without moving the applied LSN: for a backfill,
     /// whose rows belong to no LSN until the snapshot is whole. A store whose
-    /// applied LSN is unset is incomplete, and [`Store::clear`]ed on start.
+    /// applied LSN is unset is incomplete, and [`Store::clear`]ed on start;
+    /// so the batch is not atomic (no redo record), and a store that has an
+    /// applied LSN refuses it.
     pub fn write_unanchored(&self, batch: Batch) -> Result<(), StateError> {
+        let applied = Lsn(self.submitted.load(Ordering::Acquire));
+        if applied != Lsn::ZERO {
+            return Err(StateError::Anchored { applied });
+        }
         self.writer
             .submit(batch.inner, None)
             .map_err(|(op, source)| StateError::Io { op, source })?;
@@ -703,6 +714,29 @@ mod tests {
         assert!(store.is_empty().unwrap());
         drop(store);
         assert!(Store::open(dir.path()).unwrap().is_empty().unwrap());
+    }
+
+    #[test]
+    fn a_large_unanchored_batch_has_no_redo_record_and_an_anchored_store_refuses_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let big = |from: u64| {
+            let mut b = Batch::default();
+            for i in from..from + 5_000 {
+                b.put(&FactId(i), &i).unwrap();
+            }
+            b
+        };
+        store.write_unanchored(big(0)).unwrap();
+        assert_eq!(store.writer.redo_records(), 0);
+        assert_eq!(store.get::<_, u64>(&FactId(4_999)).unwrap(), Some(4_999));
+        assert_eq!(store.applied_lsn(), None);
+        store.commit(big(5_000), Lsn(7)).unwrap();
+        assert_eq!(store.writer.redo_records(), 1);
+        let e = store.write_unanchored(big(10_000)).unwrap_err();
+        assert!(matches!(e, StateError::Anchored { applied: Lsn(7) }), "{e}");
+        assert_eq!(store.get::<_, u64>(&FactId(10_000)).unwrap(), None);
+        assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 10_000);
     }
 
     #[test]

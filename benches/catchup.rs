@@ -438,6 +438,11 @@ async fn bench(knobs: Knobs) {
             summary.apply_secs, summary.finish_secs, summary.sink_secs, summary.state_secs,
             summary.batches
         );
+        println!(
+            "aggregate rows sunk:         {} ({:.2} a change)",
+            summary.sink_rows,
+            summary.sink_rows as f64 / summary.changes.max(1) as f64
+        );
         let ratio = recv[i] / raa_secs;
         println!(
             "throughput ratio:            {ratio:.3} (raa / pg_recvlogical; target >= 0.9: {})",

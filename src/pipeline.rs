@@ -289,6 +289,8 @@ pub struct Summary {
     pub finish_secs: f64,
     /// Seconds in sink transactions.
     pub sink_secs: f64,
+    /// Aggregate rows upserted or deleted by those transactions.
+    pub sink_rows: u64,
     /// Seconds committing and flushing the state.
     pub state_secs: f64,
 }
@@ -774,8 +776,10 @@ impl<S: Sink> Pipeline<S> {
         self.batch_started = None;
         let work = std::mem::take(&mut self.work);
         let engine = &self.engine;
+        let started = Instant::now();
         let mut out = blocking(|| engine.finish(work))
             .map_err(|source| PipelineError::Finish { lsn: end, source })?;
+        self.summary.finish_secs += started.elapsed().as_secs_f64();
         if self.sink_progress.is_none_or(|p| end > p) {
             let started = Instant::now();
             self.sink
@@ -787,6 +791,7 @@ impl<S: Sink> Pipeline<S> {
                 .put_meta(SINK_WRITTEN, &true)
                 .map_err(|source| PipelineError::State { lsn: end, source })?;
             self.summary.sink_secs += started.elapsed().as_secs_f64();
+            self.summary.sink_rows += out.rows.len() as u64;
             crate::ops::metrics::metrics().sink_committed(out.rows.len(), started.elapsed());
             self.sink_commits += 1;
             let here = Failpoint::AfterSinkCommit(self.sink_commits);

@@ -40,6 +40,12 @@ async fn random_workloads_match_the_sql_recomputation() {
                 first.changes > 3_000 && first.backfilled_rows == 0,
                 "{first:?}"
             );
+            // Every stage reports its time, and the sink what it wrote.
+            let stages = [first.apply_secs, first.finish_secs, first.sink_secs];
+            assert!(
+                stages.iter().all(|&s| s > 0.0) && first.sink_rows > 0,
+                "{first:?}"
+            );
         }
         db.assert_verified(&settings).await;
         // More traffic after a clean stop: the restart resumes where it left off.

@@ -6,10 +6,13 @@
 //! 2. the state batch (records, accumulators, applied LSN `end`), fsynced;
 //! 3. `end` is acknowledged to the server.
 //!
-//! Step 2 runs on the state's writer thread while the next batch is applied
-//! and sunk (its reads see the batch in flight), so the sink may run one
-//! batch further ahead of the durable state; the next batch's step 2 waits
-//! for the one before. A crash between 1 and 2 leaves the sink ahead of the
+//! Step 2 runs on the state's writer thread. While transactions are queued
+//! (catching up), the batch is handed over held: readable at once, written
+//! while the next batch's sink transaction runs, because the writer's sled
+//! batches would stop the next batch's aggregation reads (it ran 5x slower
+//! beside them). With nothing queued it is released at once. So the sink may
+//! run up to two batches ahead of the durable state; each step 2 waits for
+//! the one before. A crash between 1 and 2 leaves the sink ahead of the
 //! state. On restart the stream resumes from the state's LSN, the state
 //! re-applies those transactions (reaching the same accumulators), and their
 //! sink writes are skipped while `end` ≤ the sink's progress: the tables
@@ -524,6 +527,10 @@ impl<S: Sink> Pipeline<S> {
         // is answered with the reason).
         let mut reaggregate = reaggregate::pending(self.store.path()).map_or(true, |r| r.is_some());
         loop {
+            if self.batch_started.is_none() && stream.events.is_empty() {
+                // Nothing to aggregate: the held batch need not wait.
+                self.store.release();
+            }
             if reaggregate && self.batch_end.is_none() && self.sink_progress == Some(self.applied) {
                 reaggregate = false;
                 self.reaggregate(source).await?;
@@ -780,6 +787,8 @@ impl<S: Sink> Pipeline<S> {
         let mut out = blocking(|| engine.finish(work))
             .map_err(|source| PipelineError::Finish { lsn: end, source })?;
         self.summary.finish_secs += started.elapsed().as_secs_f64();
+        // The previous batch is written while the sink's round trip runs.
+        self.store.release();
         if self.sink_progress.is_none_or(|p| end > p) {
             let started = Instant::now();
             self.sink
@@ -800,11 +809,11 @@ impl<S: Sink> Pipeline<S> {
             }
             tracing::debug!(%end, rows = out.rows.len(), ms = started.elapsed().as_millis() as u64, "sink committed");
         }
-        // The state writer flushes this batch while the next one is applied
-        // and sunk; only waiting for the previous one counts here.
+        // Held until the next batch is aggregated (see the module docs); only
+        // waiting for the previous one counts here.
         let store = &self.store;
         let started = Instant::now();
-        let submitted = blocking(|| store.submit(out.state, end));
+        let submitted = blocking(|| store.stage(out.state, end));
         self.summary.state_secs += started.elapsed().as_secs_f64();
         submitted.map_err(|source| PipelineError::State { lsn: end, source })?;
         crate::ops::metrics::metrics().state_committed(end, started.elapsed());

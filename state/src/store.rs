@@ -291,7 +291,24 @@ impl Store {
     /// background writer (after the previous one is durable): reads see it at
     /// once, [`Store::applied_lsn`] moves when it is flushed. A failed write
     /// is reported by the next submit or [`Store::wait`].
-    pub fn submit(&self, mut batch: Batch, applied: Lsn) -> Result<(), StateError> {
+    pub fn submit(&self, batch: Batch, applied: Lsn) -> Result<(), StateError> {
+        self.hand_over(batch, applied, false)
+    }
+
+    /// Like [`Store::submit`], but the writer starts on the batch only once
+    /// [`Store::release`]d, or when the store is next waited on, submitted
+    /// to or closed. Reads see it at once. For a caller about to aggregate
+    /// the next batch: the writer's sled batches would stop its reads.
+    pub fn stage(&self, batch: Batch, applied: Lsn) -> Result<(), StateError> {
+        self.hand_over(batch, applied, true)
+    }
+
+    /// Lets the writer start on a [`Store::stage`]d batch.
+    pub fn release(&self) {
+        self.writer.release();
+    }
+
+    fn hand_over(&self, mut batch: Batch, applied: Lsn, held: bool) -> Result<(), StateError> {
         let current = Lsn(self.submitted.load(Ordering::Acquire));
         if applied < current {
             return Err(StateError::LsnBackwards {
@@ -303,7 +320,7 @@ impl Store {
             .inner
             .insert(META_APPLIED.to_vec(), Some(encode(Space::Meta, &applied)?));
         self.writer
-            .submit(batch.inner, Some(applied))
+            .submit(batch.inner, Some(applied), held)
             .map_err(|(op, source)| StateError::Io { op, source })?;
         self.submitted.store(applied.0, Ordering::Release);
         Ok(())
@@ -320,7 +337,7 @@ impl Store {
             return Err(StateError::Anchored { applied });
         }
         self.writer
-            .submit(batch.inner, None)
+            .submit(batch.inner, None, false)
             .map_err(|(op, source)| StateError::Io { op, source })?;
         self.wait()
     }
@@ -737,6 +754,46 @@ mod tests {
         assert!(matches!(e, StateError::Anchored { applied: Lsn(7) }), "{e}");
         assert_eq!(store.get::<_, u64>(&FactId(10_000)).unwrap(), None);
         assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 10_000);
+    }
+
+    #[test]
+    fn a_staged_batch_is_readable_at_once_and_written_only_once_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |i: u64| {
+            let mut b = Batch::default();
+            b.put(&FactId(i), &i).unwrap();
+            b
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.commit(one(1), Lsn(10)).unwrap();
+            store.stage(one(2), Lsn(20)).unwrap();
+            assert_eq!(store.get::<_, u64>(&FactId(2)).unwrap(), Some(2));
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert_eq!(store.applied_lsn(), Some(Lsn(10)), "held, not written");
+            assert_eq!(store.tree.get(full_key(&FactId(2))).unwrap(), None);
+            store.release();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while store.applied_lsn() != Some(Lsn(20)) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "released, never written"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            // Waiting, or submitting again, releases a held batch.
+            store.stage(one(3), Lsn(30)).unwrap();
+            store.wait().unwrap();
+            assert_eq!(store.applied_lsn(), Some(Lsn(30)));
+            store.stage(one(4), Lsn(40)).unwrap();
+            store.submit(one(5), Lsn(50)).unwrap();
+            assert_eq!(store.get::<_, u64>(&FactId(4)).unwrap(), Some(4));
+            // Closing writes a held batch: its sink transaction is committed.
+            store.stage(one(6), Lsn(60)).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(60)));
+        assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 6);
     }
 
     #[test]

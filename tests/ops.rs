@@ -180,7 +180,10 @@ async fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
     let mut scrape = String::new();
     wait_for(60, "raa to make the traffic durable", || {
         scrape = get(addr, "/metrics").map(|(_, b)| b).unwrap_or_default();
-        sample(&scrape, "raa_durable_wal_position_bytes").unwrap_or(0.0) >= target.0 as f64
+        // Acknowledged only once the state is flushed: no batch stays held.
+        let reached = |name| sample(&scrape, name).unwrap_or(0.0) >= target.0 as f64;
+        reached("raa_durable_wal_position_bytes")
+            && reached("raa_acknowledged_wal_position_bytes")
             && sample(&scrape, "raa_state_keys").unwrap_or(0.0) > 0.0
     });
     let irf = "raa_changes_decoded_total{op=\"update\",table=\"interaction_resource_fact\"}";

@@ -143,7 +143,10 @@ impl Writer {
 
     /// Lets the thread write a held batch.
     pub(crate) fn release(&self) {
-        let mut slot = self.shared.lock();
+        self.unhold(&mut self.shared.lock());
+    }
+
+    fn unhold(&self, slot: &mut Slot) {
         if slot.held {
             slot.held = false;
             self.shared.changed.notify_all();
@@ -158,10 +161,7 @@ impl Writer {
 
     fn idle(&self) -> Result<MutexGuard<'_, Slot>, (&'static str, sled::Error)> {
         let mut slot = self.shared.lock();
-        if slot.held {
-            slot.held = false;
-            self.shared.changed.notify_all();
-        }
+        self.unhold(&mut slot);
         loop {
             if let Some((op, e)) = &slot.failed {
                 return Err((op, e.clone()));

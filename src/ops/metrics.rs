@@ -141,7 +141,8 @@ impl Metrics {
             ),
             durable_position: gauge(
                 "raa_durable_wal_position_bytes",
-                "WAL position durable in the state and the aggregate tables, and acknowledged.",
+                "WAL position committed to the aggregate tables and handed to the state writer \
+                 (durable in both once acknowledged: raa_acknowledged_wal_position_bytes).",
             ),
             source_connected: gauge(
                 "raa_source_connected",
@@ -281,8 +282,10 @@ impl Metrics {
         self.sink_commit.observe(took.as_secs_f64());
     }
 
-    /// The state committed everything up to `durable` in `took`: those
-    /// transactions are now durable (and acknowledged).
+    /// Everything up to `durable` is committed to the sink and handed to the
+    /// state writer (after waiting `took` for the batch before): what GCXI
+    /// reads holds those transactions. The slot is acknowledged separately,
+    /// once the state has flushed them.
     pub fn state_committed(&self, durable: Lsn, took: Duration) {
         self.state_commit.observe(took.as_secs_f64());
         self.durable.fetch_max(durable.0, Ordering::Relaxed);

@@ -47,7 +47,14 @@ if [ "$(id -u)" = 0 ]; then
     as_pg=(runuser -u postgres --)
 fi
 raa_pid=
+sampler=
 cleanup() {
+    status=$?
+    [ -n "$sampler" ] && kill "$sampler" 2>/dev/null || true
+    if [ "$status" != 0 ] && [ -f "$work/raa.log" ]; then
+        echo "--- the end of raa's log" >&2
+        tail -20 "$work/raa.log" >&2
+    fi
     [ -n "$raa_pid" ] && kill "$raa_pid" 2>/dev/null || true
     "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$work"
@@ -98,22 +105,29 @@ sampler=$!
 timeout $((secs + 120)) "$raa" loadgen --rate "$rate" --duration "$duration" 2>&1 | tail -1
 written=$(date +%s.%N)
 
-# Wait (bounded) until raa has caught up: nothing decoded is pending and no
-# new transaction arrives for a second. (The durable position itself moves
-# past the generator's last writes to tables raa does not read only at the
-# next idle commit.)
+# Wait (bounded: 10 minutes) until raa has caught up: nothing decoded is
+# pending and no new transaction arrives for a second. (The durable position
+# itself moves past the generator's last writes to tables raa does not read
+# only at the next idle commit.) A scrape that fails (raa busy) is retried.
 last=-1
-for _ in $(seq 240); do
-    s=$(curl -sf "$metrics")
-    txns=$(echo "$s" | metric raa_transactions_decoded_total)
-    lag=$(echo "$s" | metric raa_replication_lag_seconds)
-    [ "$txns" = "$last" ] && [ "$lag" = "0.000" ] && break
-    last=$txns
+caught=no
+for _ in $(seq 1200); do
+    kill -0 "$raa_pid" 2>/dev/null || { echo "raa exited while catching up" >&2; exit 1; }
+    if s=$(curl -sf --max-time 10 "$metrics"); then
+        txns=$(echo "$s" | metric raa_transactions_decoded_total)
+        lag=$(echo "$s" | metric raa_replication_lag_seconds)
+        if [ "$txns" = "$last" ] && [ "$lag" = "0.000" ]; then
+            caught=yes
+            break
+        fi
+        last=$txns
+    fi
     sleep 0.5
 done
+[ "$caught" = yes ] || { echo "raa had not caught up 10 minutes after the load ended" >&2; exit 1; }
 caught_up=$(date +%s.%N)
 kill "$sampler" 2>/dev/null || true
-s=$(curl -sf "$metrics")
+s=$(curl -sf --max-time 10 "$metrics")
 echo "$s" >"$work/final.prom"
 if command -v promtool >/dev/null; then
     promtool check metrics <"$work/final.prom" && echo "promtool: the scrape is valid"

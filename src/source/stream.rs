@@ -65,6 +65,16 @@ impl StreamHandle {
         });
     }
 
+    /// A handle over events queued by a test, with no connection behind it.
+    #[cfg(test)]
+    pub(crate) fn queued(events: mpsc::Receiver<Result<SourceEvent, StreamError>>) -> StreamHandle {
+        StreamHandle {
+            events,
+            ack: watch::channel(Lsn::ZERO).0,
+            task: tokio::spawn(async {}),
+        }
+    }
+
     /// Stops the task and closes the replication connection.
     pub async fn stop(self) {
         drop(self.ack);

@@ -2,7 +2,8 @@
 //!
 //! One batch is one transaction: per table, one multi-row upsert
 //! (`INSERT … SELECT FROM unnest(…) ON CONFLICT … DO UPDATE`) and one
-//! multi-row delete, then the progress row. Statements are prepared once.
+//! multi-row delete, then the progress row, all sent in one round trip
+//! (pipelined). Statements are prepared once.
 
 use super::{Sink, SinkError};
 use crate::aggregate::catalog::FAMILIES;
@@ -255,32 +256,44 @@ impl PgSink {
                     .map_err(sql_err(format!("empty {table}")))?;
             }
         }
+        // Every statement of the batch is sent at once (tokio-postgres
+        // pipelines futures polled together, and `join_all` first polls them
+        // in order): one round trip instead of one per table. After a failure
+        // the server answers the rest with "transaction is aborted", so the
+        // first error in order is the cause; the progress update is last.
+        let lsn_text = lsn.to_string();
+        let mut statements = Vec::with_capacity(upserts.len() + deletes.len());
         for ((family, level), cols) in &upserts {
             let Some(stmt) = self.upserts.get(&(*family, *level)) else {
                 continue;
             };
-            tx.execute(stmt, &cols.params())
-                .await
-                .map_err(sql_err(format!(
-                    "upsert into {}",
-                    FAMILIES[usize::from(*family)].table_name(*level)
-                )))?;
+            let what = format!(
+                "upsert into {}",
+                FAMILIES[usize::from(*family)].table_name(*level)
+            );
+            statements.push(execute(&tx, stmt, cols.params(), what));
         }
         for ((family, level, mask), cols) in &deletes {
             let Some(stmt) = self.deletes.get(&(*family, *level, *mask)) else {
                 continue;
             };
-            tx.execute(stmt, &cols.delete_params(*mask))
-                .await
-                .map_err(sql_err(format!(
-                    "delete from {}",
-                    FAMILIES[usize::from(*family)].table_name(*level)
-                )))?;
+            let what = format!(
+                "delete from {}",
+                FAMILIES[usize::from(*family)].table_name(*level)
+            );
+            statements.push(execute(&tx, stmt, cols.delete_params(*mask), what));
         }
-        let updated = tx
-            .execute(&self.progress_stmt, &[&self.slot, &lsn.to_string()])
-            .await
-            .map_err(sql_err("progress update"))?;
+        let progress: Vec<&(dyn ToSql + Sync)> = vec![&self.slot, &lsn_text];
+        statements.push(execute(
+            &tx,
+            &self.progress_stmt,
+            progress,
+            "progress update".into(),
+        ));
+        let mut updated = 0;
+        for result in futures_util::future::join_all(statements).await {
+            updated = result?;
+        }
         if updated == 0 {
             let recorded = read_progress(&tx, &self.slot).await?.unwrap_or_default();
             return Err(SinkError::ProgressRegressed {
@@ -291,6 +304,16 @@ impl PgSink {
         }
         tx.commit().await.map_err(sql_err("commit"))
     }
+}
+
+/// One statement of a batch, with what it was for in its error.
+async fn execute(
+    tx: &tokio_postgres::Transaction<'_>,
+    stmt: &Statement,
+    params: Vec<&(dyn ToSql + Sync)>,
+    what: String,
+) -> Result<u64, SinkError> {
+    tx.execute(stmt, &params).await.map_err(sql_err(what))
 }
 
 /// Reads the progress LSN of `slot`.

@@ -547,23 +547,25 @@ impl Engine {
         if self.store.meta::<Settings>(SETTINGS_META)?.is_none() {
             state.put_meta(SETTINGS_META, &self.settings)?;
         }
-        for (fk, rec) in &w.facts {
+        // Consumed as it is encoded, so a large batch does not hold its
+        // records twice (decoded here and encoded in the state batch).
+        for (fk, rec) in w.facts {
             match rec {
-                Some(r) => state.put(fk, r)?,
-                None => state.remove(fk),
+                Some(r) => state.put(&fk, &r)?,
+                None => state.remove(&fk),
             }
         }
-        for (ik, present) in &w.index {
-            if *present {
-                state.put(ik, &())?;
+        for (ik, present) in w.index {
+            if present {
+                state.put(&ik, &())?;
             } else {
-                state.remove(ik);
+                state.remove(&ik);
             }
         }
-        for (dk, row) in &w.dims {
+        for (dk, row) in w.dims {
             match row {
-                Some(r) => state.put(dk, r)?,
-                None => state.remove(dk),
+                Some(r) => state.put(&dk, &r)?,
+                None => state.remove(&dk),
             }
         }
         let mut rows = Vec::with_capacity(w.accums.len());

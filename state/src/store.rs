@@ -98,7 +98,8 @@ pub struct StoreStats {
 }
 
 /// The state store. Cheap to share by reference; all writes go through
-/// [`Store::commit`] or [`Store::submit`], applied by one background writer.
+/// [`Store::commit`], [`Store::submit`] or [`Store::stage`] (readable at
+/// once, written once released), applied by one background writer.
 pub struct Store {
     path: PathBuf,
     db: sled::Db,

@@ -233,7 +233,7 @@ impl Drop for Writer {
             // A held batch is written too: its sink transaction is committed.
             let mut slot = self.shared.lock();
             slot.stop = true;
-            slot.held = false;
+            self.unhold(&mut slot);
         }
         self.shared.changed.notify_all();
         let mut slot = self.shared.lock();

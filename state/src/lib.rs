@@ -26,4 +26,4 @@ mod writer;
 pub use checkpoint::{CheckpointError, CheckpointInfo};
 pub use codec::{CodecError, FORMAT_VERSION};
 pub use lsn::{Lsn, ParseLsnError};
-pub use store::{Batch, Space, StateError, StateKey, Store, StoreStats};
+pub use store::{Batch, Space, StateError, StateKey, Store};

@@ -167,7 +167,7 @@ impl Metrics {
             state_size: gauge("raa_state_size_bytes", "Size of the state store on disk."),
             state_keys: gauge(
                 "raa_state_keys",
-                "Keys in the state store, as last counted (a full scan, repeated at most every 50 times its duration).",
+                "Keys in the state store, as last counted (a full scan, repeated no sooner than 50 times its duration later).",
             ),
             checkpoint_age: fgauge(
                 "raa_checkpoint_age_seconds",
@@ -437,9 +437,10 @@ pub fn error_kind(e: &PipelineError) -> &'static str {
 const KEY_COUNT_PACE: u32 = 50;
 
 /// Measures, every `every`, the WAL the slot retains and the state's size
-/// (its keys paced by [`KEY_COUNT_PACE`]), until shutdown. A failed measurement is counted and logged, then retried.
-/// The store is held weakly: the pipeline may close and reopen it (after a
-/// disk error), and the poller must not keep the old one open.
+/// (its keys paced by [`KEY_COUNT_PACE`]), until shutdown. A failed
+/// measurement is counted and logged, then retried. The store is held
+/// weakly: the pipeline may close and reopen it (after a disk error), and
+/// the poller must not keep the old one open.
 pub fn spawn_poller(
     source: SourceConfig,
     store: std::sync::Weak<Store>,

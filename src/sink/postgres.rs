@@ -257,10 +257,11 @@ impl PgSink {
             }
         }
         // Every statement of the batch is sent at once (tokio-postgres
-        // pipelines futures polled together, and `join_all` first polls them
-        // in order): one round trip instead of one per table. After a failure
+        // pipelines futures polled together; `join_all`, then `join`, poll
+        // them in order, the progress update last): one round trip instead
+        // of one per table. After a failure
         // the server answers the rest with "transaction is aborted", so the
-        // first error in order is the cause; the progress update is last.
+        // first error in order is the cause.
         let lsn_text = lsn.to_string();
         let mut statements = Vec::with_capacity(upserts.len() + deletes.len());
         for ((family, level), cols) in &upserts {
@@ -283,17 +284,19 @@ impl PgSink {
             );
             statements.push(execute(&tx, stmt, cols.delete_params(*mask), what));
         }
-        let progress: Vec<&(dyn ToSql + Sync)> = vec![&self.slot, &lsn_text];
-        statements.push(execute(
+        let progress_params: Vec<&(dyn ToSql + Sync)> = vec![&self.slot, &lsn_text];
+        let progress = execute(
             &tx,
             &self.progress_stmt,
-            progress,
+            progress_params,
             "progress update".into(),
-        ));
-        let mut updated = 0;
-        for result in futures_util::future::join_all(statements).await {
-            updated = result?;
+        );
+        let (tables, progress) =
+            futures_util::future::join(futures_util::future::join_all(statements), progress).await;
+        for result in tables {
+            result?;
         }
+        let updated = progress?;
         if updated == 0 {
             let recorded = read_progress(&tx, &self.slot).await?.unwrap_or_default();
             return Err(SinkError::ProgressRegressed {

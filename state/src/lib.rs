@@ -20,6 +20,7 @@
 pub mod checkpoint;
 pub mod codec;
 mod lsn;
+mod reclaim;
 mod store;
 mod writer;
 

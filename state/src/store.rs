@@ -43,6 +43,9 @@ const META_FORMAT: &[u8] = &[Space::Meta as u8, b'f'];
 use crate::writer::META_APPLIED;
 const META_NAMED: u8 = b'n';
 
+/// The page cache [`Store::open`] gives sled.
+const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// How long [`Store::open`] waits for a directory lock held by a closing database.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -111,11 +114,19 @@ impl Store {
     /// let go of a dropped database, so a lock conflict is retried for up to
     /// [`LOCK_WAIT`] before it is reported: another process holds the directory.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
+        Store::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with sled's page cache capped at `cache_bytes`. sled
+    /// counts the cache by the size of its pages on disk, so what it holds
+    /// resident is a multiple of this; a smaller cache saves memory and costs
+    /// reads from disk once the state outgrows it.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Store, StateError> {
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
             let opened = sled::Config::new()
                 .path(dir)
-                .cache_capacity(256 * 1024 * 1024)
+                .cache_capacity(cache_bytes)
                 .open();
             match opened {
                 Ok(db) => break db,
@@ -433,6 +444,7 @@ impl Store {
                 self.tree
                     .apply_batch(std::mem::take(&mut batch))
                     .map_err(store_err("write the state"))?;
+                crate::reclaim::after_writes(pending);
                 pending = 0;
             }
             Ok(())
@@ -440,6 +452,7 @@ impl Store {
         self.tree
             .apply_batch(batch)
             .map_err(store_err("write the state"))?;
+        crate::reclaim::after_writes(pending);
         let recorded = applied
             .as_deref()
             .and_then(|v| decode::<Lsn>(Space::Meta, v).ok());

@@ -192,6 +192,8 @@ fn settings(cfg: &Config) -> Settings {
 /// How `raa run` streams: the state directory and batching.
 struct RunArgs {
     state_dir: PathBuf,
+    /// sled's page cache, in bytes (`state_cache_mb`).
+    state_cache_bytes: u64,
     until_caught_up: bool,
     batch_changes: usize,
     batch_delay_ms: u64,
@@ -334,6 +336,7 @@ async fn serve_and_run(cfg: &Config, until_caught_up: bool) -> Result<i32> {
     }
     let run = RunArgs {
         state_dir: cfg.state_dir.clone(),
+        state_cache_bytes: cfg.state_cache_mb << 20,
         until_caught_up,
         batch_changes: cfg.batch_changes,
         batch_delay_ms: cfg.batch_delay_ms,
@@ -425,7 +428,10 @@ async fn run_pipeline(
 ) -> Result<pipeline::Summary> {
     std::fs::create_dir_all(&run.state_dir)
         .with_context(|| format!("creating the state directory {}", run.state_dir.display()))?;
-    let store = Arc::new(raa_state::Store::open(&run.state_dir)?);
+    let store = Arc::new(raa_state::Store::open_with_cache(
+        &run.state_dir,
+        run.state_cache_bytes,
+    )?);
     raa::share::write_pid_file(&run.state_dir)?;
     if let Some(every) = poll {
         raa::ops::metrics::spawn_poller(
@@ -513,6 +519,7 @@ async fn reaggregate(cfg: &Config, from: i64, to: i64) -> Result<i32> {
             drop(store);
             let run = RunArgs {
                 state_dir: dir.clone(),
+                state_cache_bytes: cfg.state_cache_mb << 20,
                 until_caught_up: true,
                 batch_changes: cfg.batch_changes,
                 batch_delay_ms: cfg.batch_delay_ms,
@@ -597,8 +604,11 @@ async fn run_with_retry(
                     drop(store);
                     store = loop {
                         let dir = run_args.state_dir.clone();
-                        match tokio::task::spawn_blocking(move || raa_state::Store::open(&dir))
-                            .await?
+                        let cache = run_args.state_cache_bytes;
+                        match tokio::task::spawn_blocking(move || {
+                            raa_state::Store::open_with_cache(&dir, cache)
+                        })
+                        .await?
                         {
                             Ok(s) => break Arc::new(s),
                             Err(open) => {
@@ -670,6 +680,7 @@ async fn demo(rows: usize) -> Result<i32> {
     let state = tempfile::tempdir()?;
     let run = RunArgs {
         state_dir: state.path().join("state"),
+        state_cache_bytes: raa::ops::config::Config::default().state_cache_mb << 20,
         until_caught_up: true,
         batch_changes: 50_000,
         batch_delay_ms: 200,

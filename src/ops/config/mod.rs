@@ -153,6 +153,8 @@ options! {
     publication: String = "raa".into(), check name;
     /// Directory of the state store (the StatefulSet's volume).
     state_dir: PathBuf = "raa-state".into(), check any;
+    /// sled's page cache for the state, in MiB (sled keeps a multiple of it resident).
+    state_cache_mb: u64 = 256, check positive_u64;
     /// Width of sub-hour buckets, in minutes (15 or 30).
     subhr_minutes: i64 = 15, check subhr;
     /// Ring time (seconds) at or under which an accepted invite is within the service level.
@@ -327,6 +329,9 @@ mod tests {
             e,
             "subhr_minutes (from raa.toml): must be 15 or 30 (minutes), not 20"
         );
+        // A zero cache would make sled read every page from disk.
+        let e = from_toml("state_cache_mb = 0").unwrap_err().to_string();
+        assert!(e.starts_with("state_cache_mb (from raa.toml): "), "{e}");
         let e = from_toml("slot = 5").unwrap_err().to_string();
         assert!(
             e.starts_with("slot (from raa.toml): expected a string"),

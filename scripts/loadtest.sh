@@ -95,10 +95,11 @@ started=$(date +%s.%N)
 (
     while sleep 5; do
         s=$(curl -sf "$metrics") || continue
-        printf '  t=%4.0fs decoded=%s lag=%ss %s bytes\n' "$(awk -v a="$(date +%s.%N)" -v b="$started" 'BEGIN { print a - b }')" \
+        printf '  t=%4.0fs decoded=%s lag=%ss %s bytes resident=%s MiB\n' "$(awk -v a="$(date +%s.%N)" -v b="$started" 'BEGIN { print a - b }')" \
             "$(echo "$s" | metric raa_changes_decoded_total | whole)" \
             "$(echo "$s" | metric raa_replication_lag_seconds)" \
-            "$(echo "$s" | metric raa_replication_lag_bytes | whole)"
+            "$(echo "$s" | metric raa_replication_lag_bytes | whole)" \
+            "$(echo "$s" | metric process_resident_memory_bytes | awk '{ printf "%.0f", $1 / 1048576 }')"
     done
 ) &
 sampler=$!
@@ -137,15 +138,18 @@ changes=$(echo "$s" | metric raa_changes_decoded_total)
 txns=$(echo "$s" | metric raa_transactions_decoded_total)
 lag_sum=$(echo "$s" | metric raa_commit_lag_seconds_sum)
 lag_count=$(echo "$s" | metric raa_commit_lag_seconds_count)
+resident=$(echo "$s" | metric process_resident_memory_bytes)
+keys=$(echo "$s" | metric raa_state_keys)
 # The commit-lag bucket that holds the 99th percentile.
 p99=$(echo "$s" | awk -v c="$lag_count" '/^raa_commit_lag_seconds_bucket/ {
         match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
         if ($NF >= 0.99 * c) { print le; exit } }')
 awk -v ch="$changes" -v tx="$txns" -v w="$written" -v st="$started" -v cu="$caught_up" \
-    -v ls="$lag_sum" -v lc="$lag_count" -v p99="$p99" 'BEGIN {
+    -v ls="$lag_sum" -v lc="$lag_count" -v p99="$p99" -v rss="$resident" -v keys="$keys" 'BEGIN {
     printf "raa decoded %d row changes (of the tables it reads) in %d transactions: %.0f changes/s while loading\n", ch, tx, ch / (w - st)
     printf "caught up %.1fs after the load ended\n", cu - w - 0.5
     printf "commit lag (source commit -> aggregates durable): mean %.3fs, p99 <= %ss\n", (lc > 0 ? ls / lc : 0), p99
+    printf "raa resident memory at the end: %.0f MiB, %d state keys\n", rss / 1048576, keys
 }'
 
 "$raa" verify

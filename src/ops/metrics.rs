@@ -15,6 +15,7 @@
 use crate::decode::{Change, Transaction};
 use crate::pipeline::PipelineError;
 use crate::source::{SourceConfig, StreamError};
+use prometheus::process_collector::ProcessCollector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -192,7 +193,15 @@ impl Metrics {
                 IntCounterVec::new(Opts::new("raa_errors_total", "Errors, by kind."), &["kind"])
                     .expect("valid metric"),
             ),
-            registry,
+            registry: {
+                // process_resident_memory_bytes and the rest of the standard
+                // process metrics: the state's memory is what a pod's limit
+                // has to fit (see the README's memory figures).
+                registry
+                    .register(Box::new(ProcessCollector::for_self()))
+                    .expect("metric names are unique and valid");
+                registry
+            },
             pending: Mutex::new(VecDeque::new()),
             server_wal: AtomicU64::new(0),
             durable: AtomicU64::new(0),
@@ -570,12 +579,19 @@ mod tests {
     }
 
     #[test]
-    fn every_name_has_the_prefix() {
+    fn every_name_has_the_prefix_but_the_standard_process_metrics() {
         let m = Metrics::new();
         assert!(m.render().contains("raa_errors_total{kind=\"sink\"} 0"));
         m.error("poll");
+        let text = m.render();
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
         for family in m.registry.gather() {
-            assert!(family.name().starts_with("raa_"), "{}", family.name());
+            // The standard process metrics keep their standard names.
+            let name = family.name();
+            assert!(
+                name.starts_with("raa_") || name.starts_with("process_"),
+                "{name}"
+            );
         }
     }
 }

@@ -336,7 +336,7 @@ async fn serve_and_run(cfg: &Config, until_caught_up: bool) -> Result<i32> {
     }
     let run = RunArgs {
         state_dir: cfg.state_dir.clone(),
-        state_cache_bytes: cfg.state_cache_mb << 20,
+        state_cache_bytes: cfg.state_cache_bytes(),
         until_caught_up,
         batch_changes: cfg.batch_changes,
         batch_delay_ms: cfg.batch_delay_ms,
@@ -519,7 +519,7 @@ async fn reaggregate(cfg: &Config, from: i64, to: i64) -> Result<i32> {
             drop(store);
             let run = RunArgs {
                 state_dir: dir.clone(),
-                state_cache_bytes: cfg.state_cache_mb << 20,
+                state_cache_bytes: cfg.state_cache_bytes(),
                 until_caught_up: true,
                 batch_changes: cfg.batch_changes,
                 batch_delay_ms: cfg.batch_delay_ms,
@@ -680,7 +680,7 @@ async fn demo(rows: usize) -> Result<i32> {
     let state = tempfile::tempdir()?;
     let run = RunArgs {
         state_dir: state.path().join("state"),
-        state_cache_bytes: raa::ops::config::Config::default().state_cache_mb << 20,
+        state_cache_bytes: raa::ops::config::Config::default().state_cache_bytes(),
         until_caught_up: true,
         batch_changes: 50_000,
         batch_delay_ms: 200,

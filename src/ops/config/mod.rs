@@ -241,6 +241,11 @@ impl Config {
         Ok(())
     }
 
+    /// `state_cache_mb` in bytes; a size past `u64` is as good as no limit.
+    pub fn state_cache_bytes(&self) -> u64 {
+        self.state_cache_mb.saturating_mul(1 << 20)
+    }
+
     pub fn origin(&self, key: &str) -> Origin {
         self.origins.get(key).cloned().unwrap_or(Origin::Default)
     }
@@ -332,6 +337,8 @@ mod tests {
         // A zero cache would make sled read every page from disk.
         let e = from_toml("state_cache_mb = 0").unwrap_err().to_string();
         assert!(e.starts_with("state_cache_mb (from raa.toml): "), "{e}");
+        let huge = from_toml(&format!("state_cache_mb = {}", i64::MAX)).unwrap();
+        assert_eq!(huge.state_cache_bytes(), u64::MAX);
         let e = from_toml("slot = 5").unwrap_err().to_string();
         assert!(
             e.starts_with("slot (from raa.toml): expected a string"),

@@ -33,7 +33,7 @@ const ENTRIES: u64 = 400_000;
 const BATCH: u64 = 1_000;
 /// sled's cache, far smaller than the state, so pages are evicted all along.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
-/// The entries take about 45 MiB. Measured growth when writing them: 65–71
+/// The entries take about 45 MiB. Measured growth when writing them: 65–74
 /// MiB with the store freeing what sled leaves to the epoch collector, 555–750
 /// without.
 const GROWTH_LIMIT_MIB: u64 = 250;

@@ -11,11 +11,19 @@
 //! sled pins through `crossbeam_epoch::pin`, the default collector; this crate
 //! depends on the same crossbeam-epoch 0.9, so Cargo links one collector.
 
+/// Applies `batch`, of `writes` puts and removes, then frees what it
+/// deferred. Every sled write of a batch of entries goes through here.
+pub(crate) fn apply(tree: &sled::Tree, batch: sled::Batch, writes: usize) -> sled::Result<()> {
+    tree.apply_batch(batch)?;
+    after_writes(writes);
+    Ok(())
+}
+
 /// Runs the collector enough times to free what `writes` writes can have
 /// deferred (8 each, more than a node copy and an evicted page), plus
 /// anything older that had to wait for a reader to unpin. It costs a pin and
 /// an empty pop a step when nothing is waiting.
-pub(crate) fn after_writes(writes: usize) {
+fn after_writes(writes: usize) {
     // A flush frees up to 8 bags of 64: 512 deferred frees.
     for _ in 0..writes / 64 + 4 {
         crossbeam_epoch::pin().flush();

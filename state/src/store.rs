@@ -441,18 +441,13 @@ impl Store {
             batch.insert(k, v);
             pending += 1;
             if pending == crate::writer::CHUNK {
-                self.tree
-                    .apply_batch(std::mem::take(&mut batch))
+                crate::reclaim::apply(&self.tree, std::mem::take(&mut batch), pending)
                     .map_err(store_err("write the state"))?;
-                crate::reclaim::after_writes(pending);
                 pending = 0;
             }
             Ok(())
         })?;
-        self.tree
-            .apply_batch(batch)
-            .map_err(store_err("write the state"))?;
-        crate::reclaim::after_writes(pending);
+        crate::reclaim::apply(&self.tree, batch, pending).map_err(store_err("write the state"))?;
         let recorded = applied
             .as_deref()
             .and_then(|v| decode::<Lsn>(Space::Meta, v).ok());

@@ -280,9 +280,7 @@ fn write(
     anchored: bool,
 ) -> Result<bool, (&'static str, sled::Error)> {
     if writes.len() <= CHUNK {
-        tree.apply_batch(batch(writes.iter()))
-            .map_err(|e| ("commit", e))?;
-        reclaim::after_writes(writes.len());
+        reclaim::apply(tree, batch(writes.iter()), writes.len()).map_err(|e| ("commit", e))?;
         db.flush().map_err(|e| ("flush", e))?;
         return Ok(false);
     }
@@ -314,13 +312,12 @@ fn finish(
         .filter(|(k, _)| k.as_slice() != META_APPLIED)
         .collect();
     for chunk in body.chunks(CHUNK) {
-        tree.apply_batch(batch(chunk.iter().copied()))
+        reclaim::apply(tree, batch(chunk.iter().copied()), chunk.len())
             .map_err(|e| ("commit", e))?;
-        reclaim::after_writes(chunk.len());
     }
     let mut seal = batch(writes.iter().filter(|(k, _)| k.as_slice() == META_APPLIED));
     seal.remove(META_REDO);
-    tree.apply_batch(seal).map_err(|e| ("commit", e))?;
+    reclaim::apply(tree, seal, 2).map_err(|e| ("commit", e))?;
     db.flush().map(drop).map_err(|e| ("flush", e))
 }
 

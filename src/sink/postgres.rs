@@ -259,9 +259,8 @@ impl PgSink {
         // Every statement of the batch is sent at once (tokio-postgres
         // pipelines futures polled together; `join_all`, then `join`, poll
         // them in order, the progress update last): one round trip instead
-        // of one per table. After a failure
-        // the server answers the rest with "transaction is aborted", so the
-        // first error in order is the cause.
+        // of one per table. After a failure the server answers the rest with
+        // "transaction is aborted", so the first error in order is the cause.
         let lsn_text = lsn.to_string();
         let mut statements = Vec::with_capacity(upserts.len() + deletes.len());
         for ((family, level), cols) in &upserts {

@@ -113,3 +113,71 @@ async fn batches_are_atomic_name_the_failed_statement_and_never_go_back() {
     assert_eq!(total_rows(&db).await, 69);
     assert_eq!(sink.progress().await.unwrap(), Some(Lsn(300)));
 }
+
+/// A large batch is sent in several waves of statements; it is still one
+/// transaction: a failure in any wave leaves nothing, and a success writes
+/// every row of every wave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_in_many_waves_is_still_all_or_nothing() {
+    let db = TestDb::new().await;
+    let settings = Settings::default();
+    db.init(&settings).await;
+    // Statements of at most 2 rows, waves of at most 5 rows.
+    let mut sink = PgSink::new(db.client().await, SLOT, &settings)
+        .await
+        .expect("prepare the sink")
+        .with_wave_limits(2, 5);
+
+    // One row in every table, and 9 more groups in the first table.
+    let first_table = FAMILIES[0].table_name(Level::Subhr);
+    let mut rows = rows_everywhere(100);
+    let extra: Vec<OutputRow> = (2..11)
+        .map(|g| OutputRow {
+            group: vec![Some(g); FAMILIES[0].group_by.len()],
+            ..rows[0].clone()
+        })
+        .collect();
+    rows.extend(extra.iter().cloned());
+
+    let admin = db.client().await;
+    let last_table = FAMILIES[FAMILIES.len() - 1].table_name(Level::Year);
+    for table in [&first_table, &last_table] {
+        admin
+            .batch_execute(&format!(
+                "ALTER TABLE {table} ADD CONSTRAINT no_100 CHECK (date_time_key <> 100)"
+            ))
+            .await
+            .unwrap();
+        match sink.write(Lsn(200), &rows).await {
+            Err(SinkError::Sql { what, source }) => {
+                assert_eq!(what, format!("upsert into {table}"), "{source}");
+            }
+            other => panic!("a failed batch must report its statement, got {other:?}"),
+        }
+        assert_eq!(total_rows(&db).await, 0, "nothing of a failed batch stays");
+        assert_eq!(sink.progress().await.unwrap(), None);
+        admin
+            .batch_execute(&format!("ALTER TABLE {table} DROP CONSTRAINT no_100"))
+            .await
+            .unwrap();
+    }
+
+    sink.write(Lsn(200), &rows).await.expect("first batch");
+    assert_eq!(total_rows(&db).await, 35 + 9);
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(200)));
+
+    // Deletes of the 9 extra rows, in statements of 2, beside upserts.
+    let mut second: Vec<OutputRow> = extra
+        .into_iter()
+        .map(|r| OutputRow { values: None, ..r })
+        .collect();
+    second.extend(rows_everywhere(200));
+    sink.write(Lsn(300), &second).await.expect("second batch");
+    assert_eq!(total_rows(&db).await, 35 + 35);
+    assert_eq!(
+        db.count(&format!("SELECT count(*) FROM {first_table}"))
+            .await,
+        2
+    );
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(300)));
+}

@@ -1,9 +1,11 @@
 //! The PostgreSQL sink: aggregate tables and the progress row in Info Mart.
 //!
-//! One batch is one transaction: per table, one multi-row upsert
-//! (`INSERT … SELECT FROM unnest(…) ON CONFLICT … DO UPDATE`) and one
-//! multi-row delete, then the progress row, all sent in one round trip
-//! (pipelined). Statements are prepared once.
+//! One batch is one transaction: per table, multi-row upserts
+//! (`INSERT … SELECT FROM unnest(…) ON CONFLICT … DO UPDATE`) and multi-row
+//! deletes, then the progress row. The statements are sent in waves of at
+//! most [`WAVE_ROWS`] rows, each wave in one round trip (pipelined): a
+//! usual batch is one wave, and a large one is never encoded whole.
+//! Statements are prepared once.
 
 use super::{Sink, SinkError};
 use crate::aggregate::catalog::FAMILIES;
@@ -44,6 +46,9 @@ pub struct PgSink {
     /// Deletes, prepared on first use per table and NULL pattern.
     deletes: HashMap<(u16, Level, NullMask), Statement>,
     progress_stmt: Statement,
+    /// See [`STATEMENT_ROWS`] and [`WAVE_ROWS`].
+    statement_rows: usize,
+    wave_rows: usize,
 }
 
 fn sql_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
@@ -80,6 +85,8 @@ impl PgSink {
             upserts,
             deletes: HashMap::new(),
             progress_stmt,
+            statement_rows: STATEMENT_ROWS,
+            wave_rows: WAVE_ROWS,
         })
     }
 }
@@ -204,7 +211,56 @@ impl Sink for PgSink {
     }
 }
 
+/// Where a row goes: one table's upsert, or its delete for one NULL pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Target {
+    Upsert(u16, Level),
+    Delete(u16, Level, NullMask),
+}
+
+impl Target {
+    fn of(row: &OutputRow) -> Target {
+        match row.values {
+            Some(_) => Target::Upsert(row.family, row.level),
+            None => Target::Delete(row.family, row.level, null_mask(row)),
+        }
+    }
+
+    fn family(self) -> &'static Family {
+        match self {
+            Target::Upsert(f, _) | Target::Delete(f, _, _) => FAMILIES[usize::from(f)],
+        }
+    }
+
+    fn what(self) -> String {
+        match self {
+            Target::Upsert(f, l) => {
+                format!("upsert into {}", FAMILIES[usize::from(f)].table_name(l))
+            }
+            Target::Delete(f, l, _) => {
+                format!("delete from {}", FAMILIES[usize::from(f)].table_name(l))
+            }
+        }
+    }
+}
+
+/// Rows one statement carries at most.
+const STATEMENT_ROWS: usize = 5_000;
+/// Rows whose statements are encoded and sent together (one round trip) at
+/// most. Why a bound: a batch's statements were encoded all at once, and one
+/// source transaction of 100 000 facts (about 800 000 rows) took ~400 MB of
+/// heap to encode; a wave of 20 000 rows takes a few MB.
+const WAVE_ROWS: usize = 20_000;
+
 impl PgSink {
+    /// Test hook: smaller statements and waves, so a small batch spans several.
+    #[doc(hidden)]
+    pub fn with_wave_limits(mut self, statement_rows: usize, wave_rows: usize) -> PgSink {
+        self.statement_rows = statement_rows.max(1);
+        self.wave_rows = wave_rows.max(1);
+        self
+    }
+
     /// One sink transaction; with `replace`, the aggregate tables are emptied
     /// first (DELETE, not TRUNCATE: GCXI readers keep seeing the old rows
     /// until the commit instead of waiting on a lock).
@@ -214,29 +270,23 @@ impl PgSink {
         rows: &[OutputRow],
         replace: bool,
     ) -> Result<(), SinkError> {
-        let mut upserts: HashMap<(u16, Level), Columns> = HashMap::new();
-        let mut deletes: HashMap<(u16, Level, NullMask), Columns> = HashMap::new();
-        for row in rows {
-            let family = FAMILIES[usize::from(row.family)];
-            if row.values.is_some() {
-                upserts
-                    .entry((row.family, row.level))
-                    .or_insert_with(|| Columns::new(family, true))
-                    .push(row);
-            } else {
-                let mask = null_mask(row);
-                deletes
-                    .entry((row.family, row.level, mask))
-                    .or_insert_with(|| Columns::new(family, false))
-                    .push(row);
-            }
+        // Row indexes per statement target; the column arrays are built one
+        // wave at a time.
+        let mut targets: HashMap<Target, Vec<usize>> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            targets.entry(Target::of(row)).or_default().push(i);
         }
-        for &(family, level, mask) in deletes.keys() {
+        let mut targets: Vec<(Target, Vec<usize>)> = targets.into_iter().collect();
+        targets.sort_unstable_by_key(|(t, _)| *t);
+        for &(target, _) in &targets {
+            let Target::Delete(family, level, mask) = target else {
+                continue;
+            };
             if !self.deletes.contains_key(&(family, level, mask)) {
-                let table = FAMILIES[usize::from(family)].table_name(level);
+                let table = target.family().table_name(level);
                 let stmt = self
                     .client
-                    .prepare(&delete_sql(FAMILIES[usize::from(family)], &table, mask))
+                    .prepare(&delete_sql(target.family(), &table, mask))
                     .await
                     .map_err(sql_err(format!("prepare delete from {table}")))?;
                 self.deletes.insert((family, level, mask), stmt);
@@ -256,53 +306,78 @@ impl PgSink {
                     .map_err(sql_err(format!("empty {table}")))?;
             }
         }
-        // Every statement of the batch is sent at once (tokio-postgres
-        // pipelines futures polled together; `join_all`, then `join`, poll
-        // them in order, the progress update last): one round trip instead
-        // of one per table. After a failure the server answers the rest with
-        // "transaction is aborted", so the first error in order is the cause.
+        let pieces: Vec<(Target, &[usize])> = targets
+            .iter()
+            .flat_map(|(t, idx)| idx.chunks(self.statement_rows).map(move |c| (*t, c)))
+            .collect();
         let lsn_text = lsn.to_string();
-        let mut statements = Vec::with_capacity(upserts.len() + deletes.len());
-        for ((family, level), cols) in &upserts {
-            let Some(stmt) = self.upserts.get(&(*family, *level)) else {
+        let mut start = 0;
+        loop {
+            let mut end = start;
+            let mut wave_rows = 0;
+            while end < pieces.len()
+                && (end == start || wave_rows + pieces[end].1.len() <= self.wave_rows)
+            {
+                wave_rows += pieces[end].1.len();
+                end += 1;
+            }
+            let last = end == pieces.len();
+            let wave: Vec<(Target, Columns)> = pieces[start..end]
+                .iter()
+                .map(|&(t, idx)| {
+                    let mut cols = Columns::new(t.family(), matches!(t, Target::Upsert(..)));
+                    for &i in idx {
+                        cols.push(&rows[i]);
+                    }
+                    (t, cols)
+                })
+                .collect();
+            // A wave's statements are sent at once (tokio-postgres pipelines
+            // futures polled together; `join_all`, then `join`, poll them in
+            // order, the progress update last in the last wave): one round
+            // trip instead of one per table. After a failure the server
+            // answers the rest with "transaction is aborted", so the first
+            // error in order is the cause.
+            let mut statements = Vec::with_capacity(wave.len());
+            for (target, cols) in &wave {
+                let (stmt, params) = match *target {
+                    Target::Upsert(f, l) => (self.upserts.get(&(f, l)), cols.params()),
+                    Target::Delete(f, l, m) => {
+                        (self.deletes.get(&(f, l, m)), cols.delete_params(m))
+                    }
+                };
+                let Some(stmt) = stmt else { continue };
+                statements.push(execute(&tx, stmt, params, target.what()));
+            }
+            if !last {
+                for result in futures_util::future::join_all(statements).await {
+                    result?;
+                }
+                start = end;
                 continue;
-            };
-            let what = format!(
-                "upsert into {}",
-                FAMILIES[usize::from(*family)].table_name(*level)
+            }
+            let progress_params: Vec<&(dyn ToSql + Sync)> = vec![&self.slot, &lsn_text];
+            let progress = execute(
+                &tx,
+                &self.progress_stmt,
+                progress_params,
+                "progress update".into(),
             );
-            statements.push(execute(&tx, stmt, cols.params(), what));
-        }
-        for ((family, level, mask), cols) in &deletes {
-            let Some(stmt) = self.deletes.get(&(*family, *level, *mask)) else {
-                continue;
-            };
-            let what = format!(
-                "delete from {}",
-                FAMILIES[usize::from(*family)].table_name(*level)
-            );
-            statements.push(execute(&tx, stmt, cols.delete_params(*mask), what));
-        }
-        let progress_params: Vec<&(dyn ToSql + Sync)> = vec![&self.slot, &lsn_text];
-        let progress = execute(
-            &tx,
-            &self.progress_stmt,
-            progress_params,
-            "progress update".into(),
-        );
-        let (tables, progress) =
-            futures_util::future::join(futures_util::future::join_all(statements), progress).await;
-        for result in tables {
-            result?;
-        }
-        let updated = progress?;
-        if updated == 0 {
-            let recorded = read_progress(&tx, &self.slot).await?.unwrap_or_default();
-            return Err(SinkError::ProgressRegressed {
-                slot: self.slot.clone(),
-                recorded,
-                lsn,
-            });
+            let (tables, progress) =
+                futures_util::future::join(futures_util::future::join_all(statements), progress)
+                    .await;
+            for result in tables {
+                result?;
+            }
+            if progress? == 0 {
+                let recorded = read_progress(&tx, &self.slot).await?.unwrap_or_default();
+                return Err(SinkError::ProgressRegressed {
+                    slot: self.slot.clone(),
+                    recorded,
+                    lsn,
+                });
+            }
+            break;
         }
         tx.commit().await.map_err(sql_err("commit"))
     }

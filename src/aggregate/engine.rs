@@ -141,6 +141,8 @@ pub struct Engine {
     /// [`ACCUM_CACHE_MAX`]. It may run ahead of the store only between
     /// `finish` and the pipeline's commit; an error there drops the engine.
     cache: std::sync::Mutex<FxHashMap<AccumKey, Accum>>,
+    /// [`ACCUM_CACHE_MAX`], smaller in tests.
+    cache_max: usize,
 }
 
 /// Accumulators kept in [`Engine`]'s cache (a few hundred bytes each).
@@ -189,6 +191,7 @@ impl Engine {
             zones: HashMap::new(),
             indexed,
             cache: std::sync::Mutex::new(FxHashMap::default()),
+            cache_max: ACCUM_CACHE_MAX,
         })
     }
 
@@ -570,9 +573,14 @@ impl Engine {
         }
         let mut rows = Vec::with_capacity(w.accums.len());
         let mut cache = self.cache();
-        if cache.len() + w.accums.len() > ACCUM_CACHE_MAX {
+        if cache.len() + w.accums.len() > self.cache_max {
             cache.clear();
         }
+        // A batch that alone touches more accumulators than the cache holds
+        // (one large source transaction) is not cached: the cache would hold
+        // hundreds of MB of them through the sink write, and the next batches
+        // are unlikely to touch them all again.
+        let caching = w.accums.len() <= self.cache_max;
         for (key, acc) in w.accums {
             let family = FAMILIES[usize::from(key.family)];
             let values = acc.output(family);
@@ -588,7 +596,7 @@ impl Engine {
                 group: key.group.clone(),
                 values,
             });
-            if rows.last().is_some_and(|r| r.values.is_some()) {
+            if caching && rows.last().is_some_and(|r| r.values.is_some()) {
                 cache.insert(key, acc);
             }
         }
@@ -706,4 +714,57 @@ fn resolve(
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Transaction;
+    use raa_state::Lsn;
+
+    /// An agent session (all-integer columns) of `len` seconds at `start`.
+    fn session(key: i64, start: i64, len: i64) -> Change {
+        let ints = [key, 1, 7, 1, start, start + len, len];
+        Change::Insert {
+            table: Table::SmResSession,
+            new: Tuple(ints.iter().map(|&v| Some(Value::Int(v))).collect()),
+        }
+    }
+
+    #[test]
+    fn a_batch_touching_more_accumulators_than_the_cache_holds_is_not_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut engine = Engine::open(store, Settings::default()).unwrap();
+        engine.cache_max = 10;
+        let mut work = Work::default();
+        // A session in each of 40 hours: more than 10 buckets.
+        let txn = Transaction {
+            xid: 1,
+            commit_lsn: Lsn(100),
+            end_lsn: Lsn(108),
+            commit_ts_micros: 0,
+            changes: (0..40)
+                .map(|i| session(i, 1_772_841_600 + i * 3600, 60))
+                .collect(),
+        };
+        engine.apply(&mut work, &txn).unwrap();
+        let out = engine.finish(work).unwrap();
+        assert!(out.rows.len() > 10, "{} rows", out.rows.len());
+        assert_eq!(engine.cache().len(), 0);
+
+        // A batch within the cache's size is cached.
+        engine.cache_max = out.rows.len();
+        let mut work = Work::default();
+        let txn = Transaction {
+            commit_lsn: Lsn(200),
+            end_lsn: Lsn(208),
+            changes: vec![session(1000, 1_772_841_600, 60)],
+            ..txn
+        };
+        engine.apply(&mut work, &txn).unwrap();
+        let out = engine.finish(work).unwrap();
+        assert!(!out.rows.is_empty());
+        assert_eq!(engine.cache().len(), out.rows.len());
+    }
 }

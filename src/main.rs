@@ -280,7 +280,7 @@ async fn dispatch(command: Command, cfg: Config) -> Result<i32> {
                 "share_dir is not set: pass --share-dir, set RAA_SHARE_DIR or share_dir in the configuration file",
             )?;
             let share = Share::new(dir, &cfg.slot, cfg.checkpoint_retain)?;
-            raa::share::checkpoint_now(&cfg.state_dir, &share).await?;
+            raa::share::checkpoint_now(&cfg.state_dir, &share, cfg.state_cache_bytes()).await?;
             Ok(0)
         }
         Command::Replay {
@@ -295,6 +295,7 @@ async fn dispatch(command: Command, cfg: Config) -> Result<i32> {
                 &from_checkpoint,
                 to_lsn,
                 scratch_dir.as_deref(),
+                cfg.state_cache_bytes(),
             )
             .await?;
             println!("{report}");

@@ -118,14 +118,16 @@ impl ReplayReport {
     }
 }
 
-/// Restores `file` into a scratch state and replays the live slot's WAL after
-/// it, up to `to_lsn` (or the current end of WAL).
+/// Restores `file` into a scratch state (sled's cache at `cache_bytes`) and
+/// replays the live slot's WAL after it, up to `to_lsn` (or the current end
+/// of WAL).
 pub async fn replay(
     source: &SourceConfig,
     settings: &Settings,
     file: &Path,
     to_lsn: Option<Lsn>,
     scratch_dir: Option<&Path>,
+    cache_bytes: u64,
 ) -> Result<ReplayReport, ReplayError> {
     let info = checkpoint::verify(file)?;
     if info.slot != source.slot {
@@ -152,7 +154,7 @@ pub async fn replay(
             temp.path().to_owned()
         }
     };
-    let store = Arc::new(Store::open(&dir)?);
+    let store = Arc::new(Store::open_with_cache(&dir, cache_bytes)?);
     store.restore(file)?;
     // The in-memory sink starts from the checkpoint's rows.
     let mut resync = Batch::default();

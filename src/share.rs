@@ -172,11 +172,13 @@ pub fn write_pid_file(state_dir: &Path) -> Result<(), ShareError> {
 
 /// `raa checkpoint`: writes a checkpoint of the state in `state_dir` now. If a
 /// running raa holds the directory, asks it (SIGUSR1) and waits for the file.
+/// Otherwise it reads the state itself, with sled's cache at `cache_bytes`.
 pub async fn checkpoint_now(
     state_dir: &Path,
     share: &Share,
+    cache_bytes: u64,
 ) -> Result<CheckpointInfo, CheckpointNowError> {
-    match Store::open(state_dir) {
+    match Store::open_with_cache(state_dir, cache_bytes) {
         Ok(store) => {
             let id: String = store
                 .meta(crate::backfill::SYSTEM_ID)?

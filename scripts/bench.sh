@@ -7,13 +7,16 @@
 #                  raa's backfill of the same facts; verifies the results.
 #   2. late_fact — per-fact cost of late vs fresh facts at growing state
 #                  sizes, vs a SQL re-aggregation of the late day.
+#   3. big_txn   — peak resident memory while streaming one large source
+#                  transaction, against the 512 MiB bound.
 #
 #   scripts/bench.sh [--rows N] [--late-sizes N1,N2,...] [--late-batch N]
 #                    [--transport both|tcp|socket] [--scratch logged|unlogged]
-#                    [--only catchup|late_fact]
+#                    [--txn-rows N] [--only catchup|late_fact|big_txn]
 #
 # Defaults (100 000 facts of a week of every fact table; late-fact sizes
-# 10 000, 100 000, 300 000) finish in about 15 minutes on a 2-core machine.
+# 10 000, 100 000, 300 000; one transaction of 200 000 IRF rows) finish in
+# about 17 minutes on a 2-core machine.
 # Every size is bounded by these settings; each bench has its own stage limit.
 # The ratios are printed at the end; a missed target is printed as MISSED.
 set -euo pipefail
@@ -24,8 +27,9 @@ late_sizes=10000,100000,300000
 late_batch=1000
 transport=both
 scratch=logged
+txn_rows=200000
 only=""
-usage="usage: $0 [--rows N] [--late-sizes N1,N2,...] [--late-batch N] [--transport both|tcp|socket] [--scratch logged|unlogged] [--only catchup|late_fact]"
+usage="usage: $0 [--rows N] [--late-sizes N1,N2,...] [--late-batch N] [--transport both|tcp|socket] [--scratch logged|unlogged] [--txn-rows N] [--only catchup|late_fact|big_txn]"
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) rows=$2; shift 2 ;;
@@ -33,6 +37,7 @@ while [ $# -gt 0 ]; do
         --late-batch) late_batch=$2; shift 2 ;;
         --transport) transport=$2; shift 2 ;;
         --scratch) scratch=$2; shift 2 ;;
+        --txn-rows) txn_rows=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         *) echo "$usage" >&2; exit 2 ;;
     esac
@@ -41,7 +46,7 @@ done
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-cargo bench --bench catchup --bench late_fact --no-run >&2
+cargo bench --bench catchup --bench late_fact --bench big_txn --no-run >&2
 
 if [ -z "$only" ] || [ "$only" = catchup ]; then
     echo "== catchup: $rows facts, transport $transport, $scratch scratch tables" >&2
@@ -55,8 +60,15 @@ if [ -z "$only" ] || [ "$only" = late_fact ]; then
         cargo bench --bench late_fact 2>"$out/late_fact.log" | tee "$out/late_fact.txt" \
         || { tail -40 "$out/late_fact.log" >&2; exit 1; }
 fi
+if [ -z "$only" ] || [ "$only" = big_txn ]; then
+    echo "== big_txn: one transaction of $txn_rows IRF rows" >&2
+    RAA_BENCH_ROWS=$txn_rows \
+        cargo bench --bench big_txn 2>"$out/big_txn.log" | tee "$out/big_txn.txt" \
+        || { tail -40 "$out/big_txn.log" >&2; exit 1; }
+fi
 
 echo
 echo "== ratios (each against its reference in the same run)"
 cat "$out"/catchup.txt 2>/dev/null | grep -E '^(---|throughput ratio|pg_recvlogical:|raa catch-up:|SQL / raa backfill|streamed tables|backfilled tables)' || true
 cat "$out"/late_fact.txt 2>/dev/null | grep -E '^(growth|SQL day without|late / fresh)' || true
+cat "$out"/big_txn.txt 2>/dev/null | grep -E '^(peak resident|bound)' || true

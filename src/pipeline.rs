@@ -298,6 +298,10 @@ pub struct Summary {
     pub state_secs: f64,
 }
 
+/// Row changes from which a source transaction is logged as large before it
+/// is applied (see [`Pipeline::apply`]).
+const LARGE_TRANSACTION: usize = 100_000;
+
 /// How much longer than `batch_delay` a batch may grow while transactions
 /// are queued behind it.
 const BACKLOG_STRETCH: u32 = 5;
@@ -772,6 +776,17 @@ impl<S: Sink> Pipeline<S> {
         if txn.end_lsn <= self.applied {
             self.summary.skipped_transactions += 1;
             return Ok(());
+        }
+        if txn.changes.len() >= LARGE_TRANSACTION {
+            // Said before the memory is taken: if the pod's limit is too
+            // small, this is the last line before the OOM kill, and the
+            // restart meets the same transaction again.
+            tracing::warn!(
+                changes = txn.changes.len(),
+                commit_lsn = %txn.commit_lsn,
+                "applying a large source transaction: it is one batch, and raa's memory grows \
+                 with it (about 9 KiB a change)"
+            );
         }
         let (engine, work) = (&mut self.engine, &mut self.work);
         let started = Instant::now();

@@ -41,6 +41,7 @@ pub struct Metrics {
     lag_bytes: IntGauge,
     lag_seconds: Gauge,
     commit_lag: Histogram,
+    transaction_changes: Histogram,
     server_position: IntGauge,
     durable_position: IntGauge,
     source_connected: IntGauge,
@@ -70,6 +71,11 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// Buckets for durations from a millisecond to ten minutes.
+/// Row changes a source transaction carries: 1 to 10M, by powers of ten.
+fn size_buckets() -> Vec<f64> {
+    (0..=7).map(|e| 10f64.powi(e)).collect()
+}
+
 fn duration_buckets() -> Vec<f64> {
     vec![
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -121,6 +127,18 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             transactions: counter("raa_transactions_decoded_total", "Source transactions decoded."),
+            transaction_changes: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "raa_transaction_changes",
+                        "Row changes per decoded source transaction. One transaction is applied \
+                         in one batch, so the largest sets raa's peak memory.",
+                    )
+                    .buckets(size_buckets()),
+                )
+                .expect("valid metric"),
+            ),
             lag_bytes: gauge(
                 "raa_replication_lag_bytes",
                 "WAL bytes between the server's position and the last position durable in the \
@@ -253,6 +271,7 @@ impl Metrics {
     /// A whole transaction was decoded.
     pub fn transaction_decoded(&self, txn: &Transaction) {
         self.transactions.inc();
+        self.transaction_changes.observe(txn.changes.len() as f64);
         let mut counts: Vec<((&'static str, &'static str), u64)> = Vec::new();
         for change in &txn.changes {
             let (tables, op): (&[crate::schema::Table], &str) = match change {
@@ -573,6 +592,16 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("raa_commit_lag_seconds_count 2"), "{text}");
+        // Transactions of 3, 1 and 1 changes.
+        assert!(
+            text.contains("raa_transaction_changes_bucket{le=\"1\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("raa_transaction_changes_bucket{le=\"10\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("raa_transaction_changes_sum 5"), "{text}");
         assert!(text.contains("raa_build_info{version="), "{text}");
         m.stream_stopped();
         assert!(m.ready(60.0).is_err());

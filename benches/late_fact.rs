@@ -199,7 +199,7 @@ impl Raa {
             changes,
         };
         let mut work = Work::default();
-        self.engine.apply(&mut work, &txn).expect("apply");
+        self.engine.apply(&mut work, txn).expect("apply");
         let out = self.engine.finish(work).expect("finish");
         self.store
             .commit(out.state, Lsn(self.lsn + 8))

@@ -135,7 +135,7 @@ fn apply_chunk(
         changes,
     };
     let mut work = Work::default();
-    engine.apply(&mut work, &txn).map_err(agg)?;
+    engine.apply(&mut work, txn).map_err(agg)?;
     let out = engine.finish(work).map_err(agg)?;
     store.write_unanchored(out.state)?;
     Ok(())

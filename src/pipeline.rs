@@ -587,15 +587,14 @@ impl<S: Sink> Pipeline<S> {
                         self.flush(stream).await?;
                         return self.settle(stream);
                     }
-                    self.apply(&txn)?;
-                    let applied = self.batch_end == Some(txn.end_lsn);
-                    if applied && txn.changes.len() >= opts.batch_changes {
+                    let (end, changes, xid) = (txn.end_lsn, txn.changes.len(), txn.xid);
+                    // Consumed: its rows move into the work as they are applied.
+                    self.apply(txn)?;
+                    let applied = self.batch_end == Some(end);
+                    if applied && changes >= opts.batch_changes {
                         // Minutes may pass without a batch: say why.
-                        tracing::info!(changes = txn.changes.len(), xid = txn.xid, end = %txn.end_lsn, "a transaction larger than a batch is aggregated: committing it");
+                        tracing::info!(changes, xid, end = %end, "a transaction larger than a batch is aggregated: committing it");
                     }
-                    // Its changes are in the work now; a large transaction's
-                    // decoded rows were a sixth of the peak memory of its flush.
-                    drop(txn);
                     if self.work.changes >= opts.batch_changes {
                         self.flush(stream).await?;
                     }
@@ -732,7 +731,7 @@ impl<S: Sink> Pipeline<S> {
         };
         let facts = txn.changes.len();
         let (engine, work) = (&mut self.engine, &mut self.work);
-        blocking(|| engine.apply(work, &txn)).map_err(|source| PipelineError::Aggregate {
+        blocking(|| engine.apply(work, txn)).map_err(|source| PipelineError::Aggregate {
             commit_lsn: lsn,
             source,
         })?;
@@ -772,7 +771,7 @@ impl<S: Sink> Pipeline<S> {
         blocking(|| store.commit(done, lsn)).map_err(state_err)
     }
 
-    fn apply(&mut self, txn: &Transaction) -> Result<(), PipelineError> {
+    fn apply(&mut self, txn: Transaction) -> Result<(), PipelineError> {
         if txn.end_lsn <= self.applied {
             self.summary.skipped_transactions += 1;
             return Ok(());
@@ -788,16 +787,15 @@ impl<S: Sink> Pipeline<S> {
                  with it (about 9 KiB a change)"
             );
         }
+        let (commit_lsn, end_lsn, changes) = (txn.commit_lsn, txn.end_lsn, txn.changes.len());
         let (engine, work) = (&mut self.engine, &mut self.work);
         let started = Instant::now();
-        blocking(|| engine.apply(work, txn)).map_err(|source| PipelineError::Aggregate {
-            commit_lsn: txn.commit_lsn,
-            source,
-        })?;
+        blocking(|| engine.apply(work, txn))
+            .map_err(|source| PipelineError::Aggregate { commit_lsn, source })?;
         self.summary.apply_secs += started.elapsed().as_secs_f64();
         self.summary.transactions += 1;
-        self.summary.changes += txn.changes.len() as u64;
-        self.batch_end = Some(txn.end_lsn);
+        self.summary.changes += changes as u64;
+        self.batch_end = Some(end_lsn);
         self.batch_started.get_or_insert_with(Instant::now);
         Ok(())
     }

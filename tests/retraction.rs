@@ -183,7 +183,8 @@ fn run(txns: &[Vec<Change>]) -> Rows {
             commit_ts_micros: 0,
             changes: changes.clone(),
         };
-        engine.apply(&mut work, &txn).unwrap();
+        let end = txn.end_lsn;
+        engine.apply(&mut work, txn).unwrap();
         let out = engine.finish(work).unwrap();
         for r in out.rows {
             let id = (r.family, r.level, r.bucket, r.group);
@@ -192,7 +193,7 @@ fn run(txns: &[Vec<Change>]) -> Rows {
                 None => rows.remove(&id),
             };
         }
-        store.commit(out.state, txn.end_lsn).unwrap();
+        store.commit(out.state, end).unwrap();
     }
     rows
 }

@@ -203,26 +203,28 @@ impl Engine {
         &self.settings
     }
 
-    /// Applies one committed source transaction to `work`.
-    pub fn apply(&mut self, work: &mut Work, txn: &Transaction) -> Result<(), AggregateError> {
-        for change in &txn.changes {
+    /// Applies one committed source transaction to `work`. Consumes it: each
+    /// row's values move into its fact record instead of being copied, and a
+    /// large transaction's decoded rows are freed as they are applied.
+    pub fn apply(&mut self, work: &mut Work, txn: Transaction) -> Result<(), AggregateError> {
+        for change in txn.changes {
             self.apply_change(work, change)?;
             work.changes += 1;
         }
         Ok(())
     }
 
-    fn apply_change(&mut self, w: &mut Work, change: &Change) -> Result<(), AggregateError> {
+    fn apply_change(&mut self, w: &mut Work, change: Change) -> Result<(), AggregateError> {
         match change {
-            Change::Insert { table, new } => self.upsert(w, *table, None, new),
+            Change::Insert { table, new } => self.upsert(w, table, None, new),
             Change::Update {
                 table,
                 old_key,
                 new,
-            } => self.upsert(w, *table, *old_key, new),
-            Change::Delete { table, key } => self.delete(w, *table, *key),
+            } => self.upsert(w, table, old_key, new),
+            Change::Delete { table, key } => self.delete(w, table, key),
             Change::Truncate { tables } => {
-                for &table in tables {
+                for table in tables {
                     self.truncate(w, table)?;
                 }
                 Ok(())
@@ -235,7 +237,7 @@ impl Engine {
         w: &mut Work,
         table: Table,
         old_key: Option<RowKey>,
-        new: &Tuple,
+        new: Tuple,
     ) -> Result<(), AggregateError> {
         let key = match new.0.first() {
             Some(Some(Value::Int(k))) => RowKey(*k),
@@ -696,15 +698,15 @@ fn index_dims(table: Table) -> Vec<Dim> {
 fn resolve(
     table: Table,
     key: RowKey,
-    new: &Tuple,
+    new: Tuple,
     prior: Option<&Row>,
 ) -> Result<Row, AggregateError> {
     let spec = table.spec();
     new.0
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(slot, v)| match (v, prior) {
-            (Some(v), _) => Ok(v.clone()),
+            (Some(v), _) => Ok(v),
             (None, Some(p)) => Ok(p.get(slot).clone()),
             (None, None) => Err(AggregateError::UnchangedWithoutImage {
                 table: spec.name,
@@ -748,7 +750,7 @@ mod tests {
                 .map(|i| session(i, 1_772_841_600 + i * 3600, 60))
                 .collect(),
         };
-        engine.apply(&mut work, &txn).unwrap();
+        engine.apply(&mut work, txn.clone()).unwrap();
         let out = engine.finish(work).unwrap();
         assert!(out.rows.len() > 10, "{} rows", out.rows.len());
         assert_eq!(engine.cache().len(), 0);
@@ -762,7 +764,7 @@ mod tests {
             changes: vec![session(1000, 1_772_841_600, 60)],
             ..txn
         };
-        engine.apply(&mut work, &txn).unwrap();
+        engine.apply(&mut work, txn).unwrap();
         let out = engine.finish(work).unwrap();
         assert!(!out.rows.is_empty());
         assert_eq!(engine.cache().len(), out.rows.len());

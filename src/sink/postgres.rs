@@ -233,14 +233,33 @@ impl Target {
     }
 
     fn what(self) -> String {
-        match self {
-            Target::Upsert(f, l) => {
-                format!("upsert into {}", FAMILIES[usize::from(f)].table_name(l))
-            }
-            Target::Delete(f, l, _) => {
-                format!("delete from {}", FAMILIES[usize::from(f)].table_name(l))
-            }
+        let (verb, level) = match self {
+            Target::Upsert(_, l) => ("upsert into", l),
+            Target::Delete(_, l, _) => ("delete from", l),
+        };
+        format!("{verb} {}", self.family().table_name(level))
+    }
+}
+
+/// Splits statements of `sizes` rows into consecutive waves of at most
+/// `wave_rows` rows (a larger statement is a wave of its own). Always at
+/// least one wave, empty when there are no statements: the progress update
+/// goes with the last.
+fn waves(sizes: &[usize], wave_rows: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    loop {
+        let mut end = start;
+        let mut rows = 0;
+        while end < sizes.len() && (end == start || rows + sizes[end] <= wave_rows) {
+            rows += sizes[end];
+            end += 1;
         }
+        out.push(start..end);
+        if end == sizes.len() {
+            return out;
+        }
+        start = end;
     }
 }
 
@@ -311,18 +330,10 @@ impl PgSink {
             .flat_map(|(t, idx)| idx.chunks(self.statement_rows).map(move |c| (*t, c)))
             .collect();
         let lsn_text = lsn.to_string();
-        let mut start = 0;
-        loop {
-            let mut end = start;
-            let mut wave_rows = 0;
-            while end < pieces.len()
-                && (end == start || wave_rows + pieces[end].1.len() <= self.wave_rows)
-            {
-                wave_rows += pieces[end].1.len();
-                end += 1;
-            }
-            let last = end == pieces.len();
-            let wave: Vec<(Target, Columns)> = pieces[start..end]
+        let sizes: Vec<usize> = pieces.iter().map(|(_, idx)| idx.len()).collect();
+        let waves = waves(&sizes, self.wave_rows);
+        for (n, range) in waves.iter().enumerate() {
+            let wave: Vec<(Target, Columns)> = pieces[range.clone()]
                 .iter()
                 .map(|&(t, idx)| {
                     let mut cols = Columns::new(t.family(), matches!(t, Target::Upsert(..)));
@@ -349,11 +360,10 @@ impl PgSink {
                 let Some(stmt) = stmt else { continue };
                 statements.push(execute(&tx, stmt, params, target.what()));
             }
-            if !last {
+            if n + 1 < waves.len() {
                 for result in futures_util::future::join_all(statements).await {
                     result?;
                 }
-                start = end;
                 continue;
             }
             let progress_params: Vec<&(dyn ToSql + Sync)> = vec![&self.slot, &lsn_text];
@@ -377,7 +387,6 @@ impl PgSink {
                     lsn,
                 });
             }
-            break;
         }
         tx.commit().await.map_err(sql_err("commit"))
     }
@@ -411,4 +420,18 @@ pub async fn read_progress(
         slot: slot.to_owned(),
         text,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::waves;
+
+    #[test]
+    fn statements_are_grouped_into_bounded_waves() {
+        assert_eq!(waves(&[], 5), vec![0..0]);
+        assert_eq!(waves(&[2, 2, 1, 2, 5], 5), vec![0..3, 3..4, 4..5]);
+        // A statement larger than a wave is a wave of its own.
+        assert_eq!(waves(&[7, 1, 7], 5), vec![0..1, 1..2, 2..3]);
+        assert_eq!(waves(&[1, 1, 1], 20_000), vec![0..3]);
+    }
 }

@@ -5,17 +5,69 @@
 //! per change, and exact when the fact holding the maximum goes away.
 
 use super::family::{Agg, Family};
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A multiset of values: value → how many facts hold it.
+type Multiset = BTreeMap<i64, u32>;
+
+/// Stored as `{facts, sums, multisets}` with one multiset per measure (empty
+/// but for `Max` measures), as it always was. In memory only the non-empty
+/// multisets are kept: a large source transaction holds hundreds of
+/// thousands of accumulators, and a slot per measure was ~250 bytes each.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Accum {
     /// Facts contributing; the row exists exactly when this is above zero.
     pub facts: i64,
     /// Per measure (aligned with the family's measures); unused for `Max`.
     pub sums: Vec<i64>,
-    /// Per measure; non-empty only for `Max` measures.
-    pub multisets: Vec<BTreeMap<i64, u32>>,
+    /// The non-empty multisets of `Max` measures, by measure index.
+    maxima: Vec<(usize, Multiset)>,
+}
+
+/// The stored shape of an [`Accum`].
+#[derive(Deserialize)]
+struct Stored {
+    facts: i64,
+    sums: Vec<i64>,
+    multisets: Vec<Multiset>,
+}
+
+impl From<Stored> for Accum {
+    fn from(s: Stored) -> Accum {
+        Accum {
+            facts: s.facts,
+            sums: s.sums,
+            maxima: s
+                .multisets
+                .into_iter()
+                .enumerate()
+                .filter(|(_, m)| !m.is_empty())
+                .collect(),
+        }
+    }
+}
+
+impl Serialize for Accum {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_struct("Accum", 3)?;
+        out.serialize_field("facts", &self.facts)?;
+        out.serialize_field("sums", &self.sums)?;
+        out.serialize_field("multisets", &Multisets(self))?;
+        out.end()
+    }
+}
+
+/// An accumulator's multisets in the stored shape: one per measure.
+struct Multisets<'a>(&'a Accum);
+
+impl Serialize for Multisets<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let empty = Multiset::new();
+        s.collect_seq((0..self.0.sums.len()).map(|i| self.0.multiset(i).unwrap_or(&empty)))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,12 +79,18 @@ pub struct RetractError {
 
 impl Accum {
     pub fn new(family: &Family) -> Accum {
-        let n = family.measures.len();
         Accum {
             facts: 0,
-            sums: vec![0; n],
-            multisets: vec![BTreeMap::new(); n],
+            sums: vec![0; family.measures.len()],
+            maxima: Vec::new(),
         }
+    }
+
+    fn multiset(&self, measure: usize) -> Option<&Multiset> {
+        self.maxima
+            .iter()
+            .find(|(i, _)| *i == measure)
+            .map(|(_, m)| m)
     }
 
     /// Adds (`sign` = 1) or retracts (`sign` = -1) one fact's values.
@@ -48,22 +106,33 @@ impl Accum {
             match m.agg {
                 Agg::Count(_) | Agg::Sum(..) | Agg::Seconds(_) => self.sums[i] += sign * v,
                 Agg::Max(_) => {
-                    let set = &mut self.multisets[i];
+                    let slot = self.maxima.iter().position(|(j, _)| *j == i);
                     if sign > 0 {
-                        *set.entry(v).or_insert(0) += 1;
-                    } else {
-                        match set.get_mut(&v) {
-                            Some(1) => {
-                                set.remove(&v);
-                            }
-                            Some(c) => *c -= 1,
-                            None => {
-                                return Err(RetractError {
-                                    measure: m.name,
-                                    value: v,
-                                })
-                            }
+                        let p = slot.unwrap_or_else(|| {
+                            self.maxima.push((i, Multiset::new()));
+                            self.maxima.len() - 1
+                        });
+                        *self.maxima[p].1.entry(v).or_insert(0) += 1;
+                        continue;
+                    }
+                    let Some(p) = slot.filter(|&p| self.maxima[p].1.contains_key(&v)) else {
+                        return Err(RetractError {
+                            measure: m.name,
+                            value: v,
+                        });
+                    };
+                    let set = &mut self.maxima[p].1;
+                    match set.get(&v) {
+                        Some(&c) if c > 1 => {
+                            set.insert(v, c - 1);
                         }
+                        _ => {
+                            set.remove(&v);
+                        }
+                    }
+                    // Only non-empty multisets are kept (equality depends on it).
+                    if set.is_empty() {
+                        self.maxima.swap_remove(p);
                     }
                 }
             }
@@ -82,7 +151,10 @@ impl Accum {
                 .iter()
                 .enumerate()
                 .map(|(i, m)| match m.agg {
-                    Agg::Max(_) => self.multisets[i].last_key_value().map(|(v, _)| *v),
+                    Agg::Max(_) => self
+                        .multiset(i)
+                        .and_then(|s| s.last_key_value())
+                        .map(|(v, _)| *v),
                     _ => Some(self.sums[i]),
                 })
                 .collect(),
@@ -102,7 +174,42 @@ mod tests {
             .collect()
     }
 
+    /// The shape every accumulator was stored in (and still is).
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Legacy {
+        facts: i64,
+        sums: Vec<i64>,
+        multisets: Vec<BTreeMap<i64, u32>>,
+    }
+
     proptest! {
+        /// The stored bytes are the legacy shape's, both ways: states and
+        /// checkpoints written by earlier builds read the same.
+        #[test]
+        fn stored_shape_is_unchanged(family in 0..FAMILIES.len(),
+                                     seeds in proptest::collection::vec(0_i64..1000, 0..20),
+                                     retract in proptest::collection::vec(any::<bool>(), 20)) {
+            let f = FAMILIES[family];
+            let mut acc = Accum::new(f);
+            for s in &seeds {
+                acc.apply(f, &values(f, *s), 1).unwrap();
+            }
+            for (s, _) in seeds.iter().zip(&retract).filter(|(_, r)| **r) {
+                acc.apply(f, &values(f, *s), -1).unwrap();
+            }
+            let legacy = Legacy {
+                facts: acc.facts,
+                sums: acc.sums.clone(),
+                multisets: (0..f.measures.len())
+                    .map(|i| acc.multiset(i).cloned().unwrap_or_default())
+                    .collect(),
+            };
+            let bytes = raa_state::codec::encode(&acc).unwrap();
+            prop_assert_eq!(&bytes, &raa_state::codec::encode(&legacy).unwrap());
+            let back: Accum = raa_state::codec::decode(&bytes).unwrap();
+            prop_assert_eq!(back, acc);
+        }
+
         /// In every family, adding facts then retracting any subset leaves
         /// exactly the accumulator of the remaining facts, maxima included.
         #[test]

@@ -784,7 +784,7 @@ impl<S: Sink> Pipeline<S> {
                 changes = txn.changes.len(),
                 commit_lsn = %txn.commit_lsn,
                 "applying a large source transaction: it is one batch, and raa's memory grows \
-                 with it (about 9 KiB a change)"
+                 with it (about 7 KiB a change)"
             );
         }
         let (commit_lsn, end_lsn, changes) = (txn.commit_lsn, txn.end_lsn, txn.changes.len());

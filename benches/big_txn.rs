@@ -6,89 +6,26 @@
 //! whatever the transaction size; a run above it prints MISSED.
 //! Run: `cargo bench --bench big_txn` (or `scripts/bench.sh --only big_txn`).
 
-use raa::aggregate::Settings;
-use raa::embedded::EmbeddedPostgres;
-use raa::loadgen::Generator;
-use raa::ops::shutdown::Shutdown;
-use raa::pipeline::{self, Options, Summary};
-use raa::sink::{postgres::ddl, PgSink};
-use raa::source::{setup, SourceConfig};
-use std::path::Path;
-use std::sync::Arc;
+mod support;
+
+use raa::pipeline::Options;
 use std::time::Instant;
+use support::{connect, InfoMart};
 
 /// The bound on resident memory.
 const BOUND_MIB: u64 = 512;
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` does not.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("not run: this benchmark runs under `cargo bench`");
-        return;
-    }
-    let rows: usize = std::env::var("RAA_BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(bench(rows));
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    c
-}
-
-async fn run(source: &SourceConfig, url: &str, settings: &Settings, state: &Path) -> Summary {
-    let store = Arc::new(raa_state::Store::open(state).expect("store"));
-    let sink = PgSink::new(connect(url).await, &source.slot, settings)
-        .await
-        .expect("sink");
-    let opts = Options {
-        until_caught_up: true,
-        ..Options::default()
-    };
-    pipeline::run(
-        source,
-        store,
-        settings.clone(),
-        sink,
-        opts,
-        Shutdown::default(),
-    )
-    .await
-    .expect("raa run")
+    support::main(200_000, bench);
 }
 
 async fn bench(rows: usize) {
-    let pg = EmbeddedPostgres::start().expect("throwaway PostgreSQL");
-    connect(&pg.url("postgres"))
-        .await
-        .batch_execute("CREATE DATABASE bench")
-        .await
-        .expect("create db");
-    let url = pg.url("bench");
-    let source = SourceConfig::new(&url, "raa", "raa").expect("config");
-    let mut c = connect(&url).await;
-    c.batch_execute(raa::INFOMART_SQL).await.expect("schema");
-    let settings = Settings::default();
-    c.batch_execute(&ddl(&settings)).await.expect("raa ddl");
-    setup::create_publication(&c, "raa")
-        .await
-        .expect("publication");
-    let mut g = Generator::new(42, 1_774_569_600);
-    g.dimensions(&c).await.expect("dimensions");
-
+    let (im, mut g) = InfoMart::start().await;
     // The slot and a state holding the dimensions, before the transaction.
     let dir = tempfile::tempdir().expect("dir");
     let state = dir.path().join("state");
-    run(&source, &url, &settings, &state).await;
+    im.run(&state, Options::default()).await;
+    let mut c = connect(&im.url).await;
     g.day(&mut c, rows, rows).await.expect("one transaction");
     // The generator's connection keeps a buffer the size of its largest
     // statement (tens of MB): not raa's, so it goes before the measurement,
@@ -97,10 +34,10 @@ async fn bench(rows: usize) {
     reset_peak();
     let before = status_kib("VmRSS");
     let t = Instant::now();
-    let summary = run(&source, &url, &settings, &state).await;
+    let summary = im.run(&state, Options::default()).await;
     let secs = t.elapsed().as_secs_f64();
     let peak = status_kib("VmHWM");
-    let diffs = raa::verify::verify(&connect(&url).await, &settings)
+    let diffs = raa::verify::verify(&connect(&im.url).await, &im.settings)
         .await
         .expect("verify");
 

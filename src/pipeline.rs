@@ -776,18 +776,18 @@ impl<S: Sink> Pipeline<S> {
             self.summary.skipped_transactions += 1;
             return Ok(());
         }
-        if txn.changes.len() >= LARGE_TRANSACTION {
+        let (commit_lsn, end_lsn, changes) = (txn.commit_lsn, txn.end_lsn, txn.changes.len());
+        if changes >= LARGE_TRANSACTION {
             // Said before the memory is taken: if the pod's limit is too
             // small, this is the last line before the OOM kill, and the
             // restart meets the same transaction again.
             tracing::warn!(
-                changes = txn.changes.len(),
-                commit_lsn = %txn.commit_lsn,
+                changes,
+                commit_lsn = %commit_lsn,
                 "applying a large source transaction: it is one batch, and raa's memory grows \
                  with it (about 7 KiB a change)"
             );
         }
-        let (commit_lsn, end_lsn, changes) = (txn.commit_lsn, txn.end_lsn, txn.changes.len());
         let (engine, work) = (&mut self.engine, &mut self.work);
         let started = Instant::now();
         blocking(|| engine.apply(work, txn))

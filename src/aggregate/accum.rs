@@ -115,20 +115,18 @@ impl Accum {
                         *self.maxima[p].1.entry(v).or_insert(0) += 1;
                         continue;
                     }
-                    let Some(p) = slot.filter(|&p| self.maxima[p].1.contains_key(&v)) else {
-                        return Err(RetractError {
-                            measure: m.name,
-                            value: v,
-                        });
+                    let missing = || RetractError {
+                        measure: m.name,
+                        value: v,
                     };
+                    let p = slot.ok_or_else(missing)?;
                     let set = &mut self.maxima[p].1;
-                    match set.get(&v) {
-                        Some(&c) if c > 1 => {
-                            set.insert(v, c - 1);
-                        }
-                        _ => {
+                    match set.get_mut(&v) {
+                        Some(c) if *c > 1 => *c -= 1,
+                        Some(_) => {
                             set.remove(&v);
                         }
+                        None => return Err(missing()),
                     }
                     // Only non-empty multisets are kept (equality depends on it).
                     if set.is_empty() {

@@ -70,12 +70,12 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
-/// Buckets for durations from a millisecond to ten minutes.
 /// Row changes a source transaction carries: 1 to 10M, by powers of ten.
 fn size_buckets() -> Vec<f64> {
     (0..=7).map(|e| 10f64.powi(e)).collect()
 }
 
+/// Buckets for durations from a millisecond to ten minutes.
 fn duration_buckets() -> Vec<f64> {
     vec![
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

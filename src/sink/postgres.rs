@@ -267,7 +267,7 @@ fn waves(sizes: &[usize], wave_rows: usize) -> Vec<std::ops::Range<usize>> {
 const STATEMENT_ROWS: usize = 5_000;
 /// Rows whose statements are encoded and sent together (one round trip) at
 /// most. Why a bound: a batch's statements were encoded all at once, and one
-/// source transaction of 100 000 facts (about 800 000 rows) took ~400 MB of
+/// source transaction of 100 000 changes (483 305 rows) took ~400 MB of
 /// heap to encode; a wave of 20 000 rows takes a few MB.
 const WAVE_ROWS: usize = 20_000;
 

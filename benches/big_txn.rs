@@ -47,6 +47,7 @@ async fn bench(rows: usize) {
         summary.changes, summary.transactions, summary.batches
     );
     println!("aggregate rows sunk:    {}", summary.sink_rows);
+    println!("batches spilled:        {}", summary.spilled_batches);
     println!("resident before:        {:.0} MiB", mib(before));
     println!("peak resident:          {:.0} MiB", mib(peak));
     println!(

@@ -137,7 +137,12 @@ fn apply_chunk(
     let mut work = Work::default();
     engine.apply(&mut work, txn).map_err(agg)?;
     let out = engine.finish(work).map_err(agg)?;
-    store.write_unanchored(out.state)?;
+    match out.spilled {
+        // Rows of long periods (sessions over many sub-hour buckets) can
+        // make a chunk's work outgrow memory.
+        Some(spilled) => store.write_unanchored_provisional(spilled, out.state)?,
+        None => store.write_unanchored(out.state)?,
+    }
     Ok(())
 }
 

@@ -196,6 +196,7 @@ struct RunArgs {
     state_cache_bytes: u64,
     until_caught_up: bool,
     batch_changes: usize,
+    batch_entries: usize,
     batch_delay_ms: u64,
     checkpoints: Option<Checkpoints>,
 }
@@ -340,6 +341,7 @@ async fn serve_and_run(cfg: &Config, until_caught_up: bool) -> Result<i32> {
         state_cache_bytes: cfg.state_cache_bytes(),
         until_caught_up,
         batch_changes: cfg.batch_changes,
+        batch_entries: cfg.batch_entries,
         batch_delay_ms: cfg.batch_delay_ms,
         checkpoints: checkpoints(cfg)?,
     };
@@ -448,6 +450,7 @@ async fn run_pipeline(
         .context("preparing the sink (has `raa init` run?)")?;
     let opts = Options {
         batch_changes: run.batch_changes,
+        batch_entries: run.batch_entries,
         batch_delay: Duration::from_millis(run.batch_delay_ms),
         until_caught_up: run.until_caught_up,
         checkpoints: run.checkpoints.clone(),
@@ -523,6 +526,7 @@ async fn reaggregate(cfg: &Config, from: i64, to: i64) -> Result<i32> {
                 state_cache_bytes: cfg.state_cache_bytes(),
                 until_caught_up: true,
                 batch_changes: cfg.batch_changes,
+                batch_entries: cfg.batch_entries,
                 batch_delay_ms: cfg.batch_delay_ms,
                 checkpoints: checkpoints(cfg)?,
             };
@@ -684,6 +688,7 @@ async fn demo(rows: usize) -> Result<i32> {
         state_cache_bytes: raa::ops::config::Config::default().state_cache_bytes(),
         until_caught_up: true,
         batch_changes: 50_000,
+        batch_entries: raa::aggregate::WORK_ENTRIES,
         batch_delay_ms: 200,
         checkpoints: None,
     };

@@ -31,13 +31,13 @@
 //! [`AckPolicy::Checkpointed`] the acknowledged position is further held at
 //! the oldest checkpoint on the share, so any of them can be replayed.
 
-use crate::aggregate::{AggregateError, Engine, Settings, Work};
+use crate::aggregate::{spilled_rows, AggregateError, Engine, Output, OutputRow, Settings, Work};
 use crate::backfill::{self, BackfillError, RESYNC_SINK, SYSTEM_ID};
-use crate::decode::Transaction;
+use crate::decode::{Transaction, TxnPart};
 use crate::ops::shutdown::Shutdown;
 use crate::reaggregate;
 use crate::share::{Share, ShareError};
-use crate::sink::{Sink, SinkError};
+use crate::sink::{RowChunks, Sink, SinkError};
 use crate::source::snapshot::{self, SnapshotError};
 use crate::source::{
     self, setup, SetupError, SourceConfig, SourceEvent, StreamError, StreamHandle,
@@ -52,6 +52,10 @@ pub struct Options {
     pub batch_changes: usize,
     /// End a batch at most this long after its first transaction arrived.
     pub batch_delay: Duration,
+    /// State entries a batch's work holds in memory at most (see
+    /// [`Engine::work_entries`]); a batch ends at a transaction boundary
+    /// once it holds half as many.
+    pub batch_entries: usize,
     /// While idle, record and acknowledge the server's position this often.
     pub idle_commit_interval: Duration,
     /// Stop once everything committed before the start is in the sink.
@@ -63,6 +67,9 @@ pub struct Options {
     /// Test hook: stop with [`PipelineError::Failpoint`] at this point, as a crash would.
     #[doc(hidden)]
     pub failpoint: Option<Failpoint>,
+    /// Test hook: changes of a transaction's part ([`crate::decode::PART_CHANGES`]).
+    #[doc(hidden)]
+    pub part_changes: usize,
 }
 
 /// Periodic checkpoints to the share, and how far they bound the slot.
@@ -110,11 +117,13 @@ impl Default for Options {
         Options {
             batch_changes: 50_000,
             batch_delay: Duration::from_millis(200),
+            batch_entries: crate::aggregate::WORK_ENTRIES,
             idle_commit_interval: Duration::from_secs(10),
             until_caught_up: false,
             stop_at: None,
             checkpoints: None,
             failpoint: None,
+            part_changes: crate::decode::PART_CHANGES,
         }
     }
 }
@@ -296,11 +305,11 @@ pub struct Summary {
     pub sink_rows: u64,
     /// Seconds committing and flushing the state.
     pub state_secs: f64,
+    /// Batches whose work outgrew memory and went through the disk.
+    pub spilled_batches: u64,
+    /// Transactions that arrived in parts (larger than a part).
+    pub transactions_in_parts: u64,
 }
-
-/// Row changes from which a source transaction is logged as large before it
-/// is applied (see [`Pipeline::apply`]).
-const LARGE_TRANSACTION: usize = 100_000;
 
 /// How much longer than `batch_delay` a batch may grow while transactions
 /// are queued behind it.
@@ -378,6 +387,7 @@ pub async fn run<S: Sink>(
     }
     let mut p = Pipeline::new(store, settings, sink)?;
     p.sink_progress = sink_progress;
+    p.engine.set_work_entries(opts.batch_entries);
     if needs_backfill {
         let (store, engine) = (p.store.clone(), &mut p.engine);
         p.summary.backfilled_rows = backfill::run(source, &store, engine).await?.rows;
@@ -435,7 +445,8 @@ pub async fn run<S: Sink>(
     };
     drop(sql);
     tracing::info!(%start, target = ?target.map(|t| t.to_string()), slot = %source.slot, "streaming");
-    let mut stream = source::stream::start(source, start, p.ack_position()).await?;
+    let mut stream =
+        source::stream::start(source, start, p.ack_position(), opts.part_changes).await?;
     let result = p
         .drive(source, &mut stream, &opts, target, &mut shutdown)
         .await;
@@ -456,6 +467,8 @@ struct Pipeline<S> {
     work: Work,
     /// End LSN of the last transaction in `work`, if any.
     batch_end: Option<Lsn>,
+    /// The transaction whose parts are in `work`, until its commit arrives.
+    partial: Option<Partial>,
     batch_started: Option<Instant>,
     last_commit: Instant,
     summary: Summary,
@@ -491,6 +504,7 @@ impl<S: Sink> Pipeline<S> {
             applied: Lsn::ZERO,
             work: Work::default(),
             batch_end: None,
+            partial: None,
             batch_started: None,
             last_commit: Instant::now(),
             summary: Summary::default(),
@@ -531,11 +545,15 @@ impl<S: Sink> Pipeline<S> {
         // is answered with the reason).
         let mut reaggregate = reaggregate::pending(self.store.path()).map_or(true, |r| r.is_some());
         loop {
-            if self.batch_started.is_none() && stream.events.is_empty() {
+            if self.batch_started.is_none() && stream.is_empty() {
                 // Nothing to aggregate: the held batch need not wait.
                 self.store.release();
             }
-            if reaggregate && self.batch_end.is_none() && self.sink_progress == Some(self.applied) {
+            if reaggregate
+                && self.batch_end.is_none()
+                && self.partial.is_none()
+                && self.sink_progress == Some(self.applied)
+            {
                 reaggregate = false;
                 self.reaggregate(source).await?;
             }
@@ -547,13 +565,15 @@ impl<S: Sink> Pipeline<S> {
             // While more transactions are already waiting (catching up), a
             // batch may grow to BACKLOG_STRETCH × the delay: fewer, larger
             // batches share their accumulator reads, writes and commits.
-            let stretch = if stream.events.is_empty() {
+            let stretch = if stream.is_empty() {
                 1
             } else {
                 BACKLOG_STRETCH
             };
+            // A transaction in parts ends its batch only with its commit.
             let deadline = self
                 .batch_started
+                .filter(|_| self.partial.is_none())
                 .map(|t| tokio::time::Instant::from_std(t + opts.batch_delay * stretch));
             let step = tokio::select! {
                 biased;
@@ -561,7 +581,7 @@ impl<S: Sink> Pipeline<S> {
                 _ = sleep_until(deadline), if deadline.is_some() => Step::Deadline,
                 _ = recv_signal(&mut usr1), if usr1.is_some() => Step::CheckpointRequest,
                 _ = recv_signal(&mut usr2), if usr2.is_some() => Step::ReaggregateRequest,
-                ev = stream.events.recv() => Step::Event(ev),
+                ev = stream.recv() => Step::Event(ev),
             };
             match step {
                 Step::Shutdown => {
@@ -582,12 +602,26 @@ impl<S: Sink> Pipeline<S> {
                 }
                 Step::Event(None) => return Err(StreamError::Ended.into()),
                 Step::Event(Some(Err(e))) => return Err(e.into()),
-                Step::Event(Some(Ok(SourceEvent::Txn(txn)))) => {
-                    if opts.stop_at.is_some_and(|s| txn.end_lsn > s) {
+                Step::Event(Some(Ok(SourceEvent::Part(part)))) => {
+                    if opts.stop_at.is_some_and(|s| part.commit_lsn >= s) {
                         self.flush(stream).await?;
                         return self.settle(stream);
                     }
-                    let (end, changes, xid) = (txn.end_lsn, txn.changes.len(), txn.xid);
+                    self.apply_part(part, stream).await?;
+                }
+                Step::Event(Some(Ok(SourceEvent::Txn(txn)))) => {
+                    if opts.stop_at.is_some_and(|s| txn.end_lsn > s) {
+                        // A transaction in parts, if any, is left unapplied.
+                        self.flush(stream).await?;
+                        return self.settle(stream);
+                    }
+                    let (end, xid) = (txn.end_lsn, txn.xid);
+                    let partial = self.partial.take();
+                    let changes = txn.changes.len() + partial.as_ref().map_or(0, |p| p.changes);
+                    if partial.is_some_and(|p| p.skip) {
+                        self.summary.skipped_transactions += 1;
+                        continue;
+                    }
                     // Consumed: its rows move into the work as they are applied.
                     self.apply(txn)?;
                     let applied = self.batch_end == Some(end);
@@ -595,11 +629,16 @@ impl<S: Sink> Pipeline<S> {
                         // Minutes may pass without a batch: say why.
                         tracing::info!(changes, xid, end = %end, "a transaction larger than a batch is aggregated: committing it");
                     }
-                    if self.work.changes >= opts.batch_changes {
+                    // Half the work's bound: a transaction must add as much
+                    // again before its work spills to disk mid-way.
+                    if self.work.changes >= opts.batch_changes
+                        || self.work.entries() >= opts.batch_entries / 2
+                        || self.work.is_spilled()
+                    {
                         self.flush(stream).await?;
                     }
                 }
-                Step::Event(Some(Ok(SourceEvent::Idle { .. }))) if !stream.events.is_empty() => {
+                Step::Event(Some(Ok(SourceEvent::Idle { .. }))) if !stream.is_empty() => {
                     // The walsender sends a keepalive whenever it waits for
                     // WAL, so under steady small commits one follows nearly
                     // every transaction. With more already queued behind it,
@@ -739,14 +778,13 @@ impl<S: Sink> Pipeline<S> {
         let engine = &self.engine;
         let out = blocking(|| engine.finish(work))
             .map_err(|source| PipelineError::Finish { lsn, source })?;
-        self.sink
-            .write(lsn, &out.rows)
-            .await
-            .map_err(|source| PipelineError::Sink { lsn, source })?;
+        let rows = self.write_sink(lsn, &out).await?;
         let store = &self.store;
-        let rows = out.rows.len();
-        blocking(|| store.commit(out.state, lsn))
-            .map_err(|source| PipelineError::State { lsn, source })?;
+        blocking(|| match out.spilled {
+            Some(spilled) => store.commit_provisional(spilled, out.state, lsn),
+            None => store.commit(out.state, lsn),
+        })
+        .map_err(|source| PipelineError::State { lsn, source })?;
         let outcome = format!("ok: {facts} rows re-read, {rows} aggregate rows rewritten at {lsn}");
         tracing::info!(facts, rows, %lsn, "reaggregated");
         reaggregate::answer(&dir, &outcome).map_err(|e| PipelineError::Reaggregate(e.to_string()))
@@ -777,17 +815,6 @@ impl<S: Sink> Pipeline<S> {
             return Ok(());
         }
         let (commit_lsn, end_lsn, changes) = (txn.commit_lsn, txn.end_lsn, txn.changes.len());
-        if changes >= LARGE_TRANSACTION {
-            // Said before the memory is taken: if the pod's limit is too
-            // small, this is the last line before the OOM kill, and the
-            // restart meets the same transaction again.
-            tracing::warn!(
-                changes,
-                commit_lsn = %commit_lsn,
-                "applying a large source transaction: it is one batch, and raa's memory grows \
-                 with it (about 7 KiB a change)"
-            );
-        }
         let (engine, work) = (&mut self.engine, &mut self.work);
         let started = Instant::now();
         blocking(|| engine.apply(work, txn))
@@ -800,8 +827,78 @@ impl<S: Sink> Pipeline<S> {
         Ok(())
     }
 
-    /// Commits the batch: sink, then state, then acknowledgement.
+    /// Writes a finished batch's rows to the sink; returns how many.
+    async fn write_sink(&mut self, lsn: Lsn, out: &Output) -> Result<usize, PipelineError> {
+        let sink_err = |source| PipelineError::Sink { lsn, source };
+        let Some(spilled) = &out.spilled else {
+            self.sink.write(lsn, &out.rows).await.map_err(sink_err)?;
+            return Ok(out.rows.len());
+        };
+        let mut chunks = SpilledChunks {
+            rows: Box::new(spilled_rows(spilled)),
+            read: 0,
+        };
+        self.sink
+            .write_chunks(lsn, &mut chunks)
+            .await
+            .map_err(sink_err)?;
+        Ok(chunks.read)
+    }
+
+    /// Applies the leading changes of a large transaction. Its batch holds
+    /// it alone: the batch before ends first, and [`Pipeline::flush`] waits
+    /// for its commit (a stop before it drops the changes applied so far).
+    async fn apply_part(
+        &mut self,
+        part: TxnPart,
+        stream: &StreamHandle,
+    ) -> Result<(), PipelineError> {
+        let commit_lsn = part.commit_lsn;
+        if self.partial.is_none() {
+            self.flush(stream).await?;
+            tracing::info!(
+                xid = part.xid,
+                %commit_lsn,
+                "a large source transaction arrives in parts: its batch ends with its commit"
+            );
+            self.summary.transactions_in_parts += 1;
+            self.partial = Some(Partial {
+                // As `apply` skips a replayed transaction by its end.
+                skip: commit_lsn < self.applied,
+                changes: 0,
+            });
+        }
+        let Some(partial) = &mut self.partial else {
+            return Ok(());
+        };
+        let changes = part.changes.len();
+        partial.changes += changes;
+        if partial.skip {
+            return Ok(());
+        }
+        let txn = Transaction {
+            xid: part.xid,
+            commit_lsn,
+            end_lsn: commit_lsn,
+            commit_ts_micros: 0,
+            changes: part.changes,
+        };
+        let (engine, work) = (&mut self.engine, &mut self.work);
+        let started = Instant::now();
+        blocking(|| engine.apply(work, txn))
+            .map_err(|source| PipelineError::Aggregate { commit_lsn, source })?;
+        self.summary.apply_secs += started.elapsed().as_secs_f64();
+        self.summary.changes += changes as u64;
+        self.batch_started.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Commits the batch: sink, then state, then acknowledgement. Not while
+    /// a transaction in parts is open: its batch ends with its commit.
     async fn flush(&mut self, stream: &StreamHandle) -> Result<(), PipelineError> {
+        if self.partial.is_some() {
+            return Ok(());
+        }
         let Some(end) = self.batch_end.take() else {
             return Ok(());
         };
@@ -812,33 +909,35 @@ impl<S: Sink> Pipeline<S> {
         let mut out = blocking(|| engine.finish(work))
             .map_err(|source| PipelineError::Finish { lsn: end, source })?;
         self.summary.finish_secs += started.elapsed().as_secs_f64();
+        self.summary.spilled_batches += u64::from(out.spilled.is_some());
         // The previous batch is written while the sink's round trip runs.
         self.store.release();
         if self.sink_progress.is_none_or(|p| end > p) {
             let started = Instant::now();
-            self.sink
-                .write(end, &out.rows)
-                .await
-                .map_err(|source| PipelineError::Sink { lsn: end, source })?;
+            let rows = self.write_sink(end, &out).await?;
             self.sink_progress = Some(end);
             out.state
                 .put_meta(SINK_WRITTEN, &true)
                 .map_err(|source| PipelineError::State { lsn: end, source })?;
             self.summary.sink_secs += started.elapsed().as_secs_f64();
-            self.summary.sink_rows += out.rows.len() as u64;
-            crate::ops::metrics::metrics().sink_committed(out.rows.len(), started.elapsed());
+            self.summary.sink_rows += rows as u64;
+            crate::ops::metrics::metrics().sink_committed(rows, started.elapsed());
             self.sink_commits += 1;
             let here = Failpoint::AfterSinkCommit(self.sink_commits);
             if self.failpoint == Some(here) {
                 return Err(PipelineError::Failpoint(here));
             }
-            tracing::debug!(%end, rows = out.rows.len(), ms = started.elapsed().as_millis() as u64, "sink committed");
+            tracing::debug!(%end, rows, ms = started.elapsed().as_millis() as u64, "sink committed");
         }
         // Held until the next batch is aggregated (see the module docs); only
         // waiting for the previous one counts here.
         let store = &self.store;
         let started = Instant::now();
-        let submitted = blocking(|| store.stage(out.state, end));
+        let submitted = blocking(|| match out.spilled {
+            // Written now: it is not in memory for the next batch to read.
+            Some(spilled) => store.commit_provisional(spilled, out.state, end),
+            None => store.stage(out.state, end),
+        });
         self.summary.state_secs += started.elapsed().as_secs_f64();
         submitted.map_err(|source| PipelineError::State { lsn: end, source })?;
         crate::ops::metrics::metrics().state_committed(end, started.elapsed());
@@ -847,6 +946,33 @@ impl<S: Sink> Pipeline<S> {
         self.last_commit = Instant::now();
         self.ack(stream);
         Ok(())
+    }
+}
+
+/// A transaction arriving in parts (see [`SourceEvent::Part`]).
+struct Partial {
+    /// Already applied before this run: its parts and commit are skipped.
+    skip: bool,
+    /// Changes in its parts so far.
+    changes: usize,
+}
+
+/// A spilled batch's output rows for the sink, read from disk a chunk at a time.
+struct SpilledChunks<'a> {
+    rows: Box<dyn Iterator<Item = Result<OutputRow, AggregateError>> + Send + 'a>,
+    read: usize,
+}
+
+/// Rows a chunk: the sink's wave.
+const SPILLED_CHUNK: usize = 20_000;
+
+impl RowChunks for SpilledChunks<'_> {
+    fn next_chunk(&mut self) -> Result<Option<Vec<OutputRow>>, SinkError> {
+        let rows = &mut self.rows;
+        let chunk = blocking(|| rows.take(SPILLED_CHUNK).collect::<Result<Vec<_>, _>>())
+            .map_err(|e| SinkError::Rows(Box::new(e)))?;
+        self.read += chunk.len();
+        Ok((!chunk.is_empty()).then_some(chunk))
     }
 }
 
@@ -966,6 +1092,110 @@ mod tests {
         drop(p);
         assert_eq!(sink.batches, 1);
         assert_eq!(sink.progress, Some(Lsn(1000)));
+    }
+
+    /// Drives `events` through a pipeline over a fresh state into a memory
+    /// sink until `target`, or until shut down once the events are used up.
+    async fn drive_events(
+        events: Vec<SourceEvent>,
+        target: Option<Lsn>,
+    ) -> (Summary, crate::sink::MemorySink) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut sink = crate::sink::MemorySink::default();
+        let mut p = Pipeline::new(store, Settings::default(), &mut sink).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        for ev in events {
+            tx.send(Ok(ev)).await.unwrap();
+        }
+        let mut stream = StreamHandle::queued(rx);
+        let source = SourceConfig {
+            pg: tokio_postgres::Config::new(),
+            slot: SLOT.into(),
+            publication: "raa".into(),
+        };
+        let shutdown = Shutdown::default();
+        let stop = shutdown.clone();
+        // Once every event is used, as a SIGTERM would.
+        tokio::spawn(async move {
+            while tx.capacity() < tx.max_capacity() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            stop.trigger();
+        });
+        let opts = Options {
+            batch_delay: Duration::ZERO,
+            ..Options::default()
+        };
+        p.drive(&source, &mut stream, &opts, target, &mut shutdown.clone())
+            .await
+            .unwrap();
+        let summary = p.summary.clone();
+        drop(p);
+        (summary, sink)
+    }
+
+    /// A transaction in parts is a batch of its own: the batch before it
+    /// ends at its first part, no deadline ends it before its commit, it
+    /// aggregates as the whole transaction would, and a stop before its
+    /// commit leaves nothing of it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_transaction_in_parts_is_one_batch_of_its_own() {
+        use crate::decode::{Change, Tuple};
+        use crate::schema::{Table, Value};
+        let session = |key: i64| {
+            let start = 1_772_841_600 + key * 3_600;
+            let ints = [key, 1, 7, 1, start, start + 60, 60];
+            Change::Insert {
+                table: Table::SmResSession,
+                new: Tuple(ints.iter().map(|&v| Some(Value::Int(v))).collect()),
+            }
+        };
+        let txn = |xid: u32, end: u64, keys: &[i64]| Transaction {
+            xid,
+            commit_lsn: Lsn(end - 8),
+            end_lsn: Lsn(end),
+            commit_ts_micros: 0,
+            changes: keys.iter().map(|&k| session(k)).collect(),
+        };
+        let part = |keys: &[i64]| {
+            SourceEvent::Part(TxnPart {
+                xid: 2,
+                commit_lsn: Lsn(192),
+                changes: keys.iter().map(|&k| session(k)).collect(),
+            })
+        };
+        let in_parts = vec![
+            SourceEvent::Txn(txn(1, 100, &[1])),
+            part(&[2, 3]),
+            part(&[4]),
+            SourceEvent::Txn(txn(2, 200, &[5])),
+        ];
+        let (summary, sink) = drive_events(in_parts, Some(Lsn(200))).await;
+        assert_eq!((summary.transactions, summary.changes), (2, 5));
+        assert_eq!(summary.transactions_in_parts, 1);
+        assert_eq!((summary.batches, sink.batches), (2, 2));
+        assert_eq!(sink.progress, Some(Lsn(200)));
+        let whole = vec![
+            SourceEvent::Txn(txn(1, 100, &[1])),
+            SourceEvent::Txn(txn(2, 200, &[2, 3, 4, 5])),
+        ];
+        let (_, reference) = drive_events(whole, Some(Lsn(200))).await;
+        assert!(!reference.rows.is_empty());
+        assert_eq!(sink.rows, reference.rows);
+
+        // Stopped before the commit: the first transaction only.
+        let cut = vec![
+            SourceEvent::Txn(txn(1, 100, &[1])),
+            part(&[2, 3]),
+            part(&[4]),
+        ];
+        let (summary, sink) = drive_events(cut, None).await;
+        assert_eq!((summary.batches, sink.batches), (1, 1));
+        assert_eq!(sink.progress, Some(Lsn(100)));
+        let (_, first) = drive_events(vec![SourceEvent::Txn(txn(1, 100, &[1]))], None).await;
+        assert_eq!(sink.rows, first.rows);
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod support;
 
 use raa::aggregate::catalog::FAMILIES;
 use raa::aggregate::{Level, OutputRow, Settings};
-use raa::sink::{PgSink, Sink, SinkError};
+use raa::sink::{PgSink, RowChunks, Sink, SinkError};
 use raa::Lsn;
 use support::TestDb;
 
@@ -180,4 +180,100 @@ async fn a_batch_sent_in_many_waves_is_still_all_or_nothing() {
         2
     );
     assert_eq!(sink.progress().await.unwrap(), Some(Lsn(300)));
+}
+
+/// A batch's rows a chunk at a time, as a spilled batch's are read from
+/// disk; `fail_at`: the read that fails.
+struct Chunks {
+    chunks: std::collections::VecDeque<Vec<OutputRow>>,
+    fail_at: Option<usize>,
+    reads: usize,
+}
+
+impl Chunks {
+    fn of(rows: &[OutputRow], size: usize, fail_at: Option<usize>) -> Chunks {
+        Chunks {
+            chunks: rows.chunks(size).map(<[OutputRow]>::to_vec).collect(),
+            fail_at,
+            reads: 0,
+        }
+    }
+}
+
+impl RowChunks for Chunks {
+    fn next_chunk(&mut self) -> Result<Option<Vec<OutputRow>>, SinkError> {
+        self.reads += 1;
+        if self.fail_at == Some(self.reads) {
+            return Err(SinkError::Rows("the disk went away".into()));
+        }
+        Ok(self.chunks.pop_front())
+    }
+}
+
+/// A batch too large to hold is written chunk by chunk, still in one
+/// transaction: a failed chunk read or a statement failing in the last chunk
+/// leaves nothing and does not move the progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_written_in_chunks_is_still_all_or_nothing() {
+    let db = TestDb::new().await;
+    let settings = Settings::default();
+    db.init(&settings).await;
+    let mut sink = PgSink::new(db.client().await, SLOT, &settings)
+        .await
+        .expect("prepare the sink")
+        .with_wave_limits(2, 5);
+    let rows = rows_everywhere(100);
+
+    match sink
+        .write_chunks(Lsn(200), &mut Chunks::of(&rows, 12, Some(3)))
+        .await
+    {
+        Err(SinkError::Rows(e)) => assert_eq!(e.to_string(), "the disk went away"),
+        other => panic!("a failed read must fail the batch, got {other:?}"),
+    }
+    assert_eq!(total_rows(&db).await, 0, "nothing of a failed batch stays");
+    assert_eq!(sink.progress().await.unwrap(), None);
+
+    let last_table = FAMILIES[FAMILIES.len() - 1].table_name(Level::Year);
+    let admin = db.client().await;
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {last_table} ADD CONSTRAINT no_100 CHECK (date_time_key <> 100)"
+        ))
+        .await
+        .unwrap();
+    match sink
+        .write_chunks(Lsn(200), &mut Chunks::of(&rows, 12, None))
+        .await
+    {
+        Err(SinkError::Sql { what, .. }) => assert_eq!(what, format!("upsert into {last_table}")),
+        other => panic!("a failed statement must fail the batch, got {other:?}"),
+    }
+    assert_eq!(total_rows(&db).await, 0, "nothing of a failed batch stays");
+    admin
+        .batch_execute(&format!("ALTER TABLE {last_table} DROP CONSTRAINT no_100"))
+        .await
+        .unwrap();
+
+    let mut chunks = Chunks::of(&rows, 12, None);
+    sink.write_chunks(Lsn(200), &mut chunks)
+        .await
+        .expect("chunked batch");
+    assert_eq!(chunks.reads, 4, "three chunks and the end");
+    assert_eq!(total_rows(&db).await, 35);
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(200)));
+
+    // Deletes in chunks; then a batch with no rows moves only the progress.
+    let gone: Vec<OutputRow> = rows
+        .into_iter()
+        .map(|r| OutputRow { values: None, ..r })
+        .collect();
+    sink.write_chunks(Lsn(300), &mut Chunks::of(&gone, 10, None))
+        .await
+        .expect("chunked deletes");
+    assert_eq!(total_rows(&db).await, 0);
+    sink.write_chunks(Lsn(400), &mut Chunks::of(&[], 10, None))
+        .await
+        .expect("empty batch");
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(400)));
 }

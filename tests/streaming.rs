@@ -61,6 +61,61 @@ async fn random_workloads_match_the_sql_recomputation() {
     }
 }
 
+/// Transactions larger than the batch's memory bound arrive in parts, spill
+/// their work to disk and still match the SQL recomputation, also when raa
+/// stops between such a batch's sink commit and its state commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_larger_than_memory_spill_and_match_the_sql_recomputation() {
+    let settings = Settings::default();
+    let db = TestDb::new().await;
+    db.init(&settings).await;
+    let state = tempfile::tempdir().unwrap();
+    db.catch_up(state.path(), &settings).await;
+    let mut c = db.client().await;
+    let mut g = Generator::new(21, DAY);
+    g.dimensions(&c).await.unwrap();
+    // Transactions of 1 000 rows: thousands of state entries each.
+    g.day(&mut c, 2_000, 1_000).await.unwrap();
+    let bounded = |failpoint| {
+        move |o: &mut raa::pipeline::Options| {
+            o.batch_entries = 600;
+            o.part_changes = 300;
+            o.failpoint = failpoint;
+        }
+    };
+    let err = db
+        .catch_up_opts(
+            &db.url,
+            state.path(),
+            &settings,
+            bounded(Some(Failpoint::AfterSinkCommit(1))),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, raa::pipeline::PipelineError::Failpoint(_)),
+        "{err}"
+    );
+    let run = db
+        .catch_up_opts(&db.url, state.path(), &settings, bounded(None))
+        .await
+        .expect("catch-up");
+    assert!(
+        run.spilled_batches >= 2 && run.transactions_in_parts >= 2,
+        "{run:?}"
+    );
+    db.assert_verified(&settings).await;
+    // Then with updates, deletes and late facts, and a dimension change.
+    g.chaos(&mut c, 60).await.unwrap();
+    g.day(&mut c, 1_000, 1_000).await.unwrap();
+    let run = db
+        .catch_up_opts(&db.url, state.path(), &settings, bounded(None))
+        .await
+        .expect("catch-up");
+    assert!(run.spilled_batches >= 1, "{run:?}");
+    db.assert_verified(&settings).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_without_new_traffic_changes_nothing() {
     let settings = Settings::default();

@@ -78,10 +78,16 @@ impl InfoMart {
         (im, generator)
     }
 
-    /// `raa run` over the state in `state` (sled's default cache) until it
-    /// has caught up, with `opts` otherwise.
+    /// `raa run` over the state in `state` until it has caught up, with
+    /// `opts` otherwise; sled's cache is `RAA_BENCH_CACHE_MB` (default 256,
+    /// raa's `state_cache_mb`).
     pub async fn run(&self, state: &Path, opts: Options) -> Summary {
-        let store = Arc::new(raa_state::Store::open(state).expect("store"));
+        let cache_mb: u64 = std::env::var("RAA_BENCH_CACHE_MB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let store =
+            Arc::new(raa_state::Store::open_with_cache(state, cache_mb << 20).expect("store"));
         let sink = PgSink::new(connect(&self.url).await, &self.source.slot, &self.settings)
             .await
             .expect("sink");

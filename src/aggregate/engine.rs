@@ -10,7 +10,10 @@
 //!
 //! Changes accumulate in a [`Work`] (an overlay over the store) until the
 //! pipeline ends a batch with [`Engine::finish`], which yields one atomic
-//! state batch and the output rows that changed. After any error the engine
+//! state batch and the output rows that changed. A work that outgrows
+//! [`Engine::work_entries`] within one source transaction (which a batch
+//! cannot split) moves to a [`Provisional`] batch on disk, read between
+//! memory and the store: memory stays bounded whatever the transaction size. After any error the engine
 //! and its work must be dropped and rebuilt from the store: its dimension
 //! cache may be ahead of what was committed.
 
@@ -22,7 +25,7 @@ use super::keys::{AccumKey, DimKey, FactKey, IndexKey};
 use crate::decode::{Change, Transaction, Tuple};
 use crate::schema::{self, Row, RowKey, Table, Value};
 use jiff::tz::TimeZone;
-use raa_state::{Batch, Space, StateError, Store};
+use raa_state::{Batch, Provisional, Space, StateError, Store};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -118,14 +121,33 @@ pub struct Work {
     accums: FxHashMap<AccumKey, Accum>,
     index: BTreeMap<IndexKey, bool>,
     dims: BTreeMap<DimKey, Option<Row>>,
+    /// Where the work went once it outgrew memory: older than the maps above.
+    spilled: Option<Provisional>,
     /// Row changes applied so far (for batch sizing).
     pub changes: usize,
+}
+
+impl Work {
+    /// State entries held in memory (dimension rows aside: few, and kept).
+    pub fn entries(&self) -> usize {
+        self.facts.len() + self.accums.len() + self.index.len()
+    }
+
+    /// Whether part of the work is on disk; its batch then ends with its
+    /// transaction.
+    pub fn is_spilled(&self) -> bool {
+        self.spilled.is_some()
+    }
 }
 
 /// The result of a batch: the state to commit and the output rows to sink.
 pub struct Output {
     pub state: Batch,
     pub rows: Vec<OutputRow>,
+    /// A spilled batch's writes, and (read with [`spilled_rows`]) its output
+    /// rows; `rows` is then empty and `state` holds only metadata. Commit it
+    /// with [`Store::commit_provisional`].
+    pub spilled: Option<Provisional>,
 }
 
 pub struct Engine {
@@ -143,7 +165,13 @@ pub struct Engine {
     cache: std::sync::Mutex<FxHashMap<AccumKey, Accum>>,
     /// [`ACCUM_CACHE_MAX`], smaller in tests.
     cache_max: usize,
+    /// See [`Engine::work_entries`].
+    work_entries: usize,
 }
+
+/// [`Engine::work_entries`] by default: about 160 MB of work (~800 bytes an
+/// entry, measured with `big_txn`), some 30 000 IRF changes.
+pub const WORK_ENTRIES: usize = 200_000;
 
 /// Accumulators kept in [`Engine`]'s cache (a few hundred bytes each).
 const ACCUM_CACHE_MAX: usize = 300_000;
@@ -192,6 +220,7 @@ impl Engine {
             indexed,
             cache: std::sync::Mutex::new(FxHashMap::default()),
             cache_max: ACCUM_CACHE_MAX,
+            work_entries: WORK_ENTRIES,
         })
     }
 
@@ -203,6 +232,18 @@ impl Engine {
         &self.settings
     }
 
+    /// State entries (fact records, accumulators, index entries) a batch's
+    /// work holds in memory at most: past it, the work moves to disk. The
+    /// pipeline ends a batch at a transaction boundary before it, so only a
+    /// single transaction larger than this pays for the spill.
+    pub fn work_entries(&self) -> usize {
+        self.work_entries
+    }
+
+    pub fn set_work_entries(&mut self, entries: usize) {
+        self.work_entries = entries.max(1);
+    }
+
     /// Applies one committed source transaction to `work`. Consumes it: each
     /// row's values move into its fact record instead of being copied, and a
     /// large transaction's decoded rows are freed as they are applied.
@@ -210,6 +251,31 @@ impl Engine {
         for change in txn.changes {
             self.apply_change(work, change)?;
             work.changes += 1;
+            if work.entries() > self.work_entries {
+                self.spill(work)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the work's entries to its provisional batch on disk, as `finish`
+    /// would write them to the state.
+    fn spill(&self, w: &mut Work) -> Result<(), AggregateError> {
+        if w.spilled.is_none() {
+            tracing::info!(
+                entries = w.entries(),
+                changes = w.changes,
+                "a source transaction outgrew the batch's memory: its work goes to disk"
+            );
+            w.spilled = Some(self.store.provisional()?);
+        }
+        let mut batch = Batch::default();
+        encode_records(w, &mut batch)?;
+        for (key, acc) in std::mem::take(&mut w.accums) {
+            put_accum(&mut batch, &key, &acc)?;
+        }
+        if let Some(p) = &mut w.spilled {
+            p.write(batch)?;
         }
         Ok(())
     }
@@ -304,6 +370,16 @@ impl Engine {
             let key = FactKey::decode_key(&k).ok_or(AggregateError::CorruptKey { what: "fact" })?;
             keys.push(FactKey { table, key });
         }
+        // Facts this batch added (a key deleted twice is harmless).
+        for item in w
+            .spilled
+            .iter()
+            .flat_map(|p| p.scan_keys(Space::Fact, &prefix))
+        {
+            let k = item?;
+            let key = FactKey::decode_key(&k).ok_or(AggregateError::CorruptKey { what: "fact" })?;
+            keys.push(FactKey { table, key });
+        }
         keys.extend(
             w.facts
                 .iter()
@@ -356,6 +432,20 @@ impl Engine {
                 IndexKey::decode_fact(&k).ok_or(AggregateError::CorruptKey { what: "index" })?,
             );
         }
+        // Then this batch's changes to the index, oldest (on disk) first.
+        for item in w
+            .spilled
+            .iter()
+            .flat_map(|p| p.scan::<()>(Space::Index, &prefix))
+        {
+            let (k, present) = item?;
+            let fact =
+                IndexKey::decode_fact(&k).ok_or(AggregateError::CorruptKey { what: "index" })?;
+            match present {
+                Some(()) => out.push(fact),
+                None => out.retain(|f| *f != fact),
+            }
+        }
         let lo = IndexKey {
             dim: dk,
             fact: FactKey {
@@ -378,10 +468,13 @@ impl Engine {
     /// Removes the fact's record from the overlay (or reads it from the store);
     /// the caller puts back the new record or `None`.
     fn take_fact(&self, w: &mut Work, fk: FactKey) -> Result<Option<FactRecord>, AggregateError> {
-        match w.facts.remove(&fk) {
-            Some(rec) => Ok(rec),
-            None => Ok(self.store.get(&fk)?),
+        if let Some(rec) = w.facts.remove(&fk) {
+            return Ok(rec);
         }
+        if let Some(rec) = spilled(w, &fk)? {
+            return Ok(rec);
+        }
+        Ok(self.store.get(&fk)?)
     }
 
     /// Updates the dimension index for a fact whose row changed from `old` to `new`.
@@ -532,6 +625,14 @@ impl Engine {
         match w.accums.entry(key) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
+                let spilled = match &w.spilled {
+                    Some(p) => p.get(e.key())?,
+                    None => None,
+                };
+                if let Some(acc) = spilled {
+                    // Spilled empty (removed): as new.
+                    return Ok(e.insert(acc.unwrap_or_else(|| Accum::new(family))));
+                }
                 let cached = self.cache().remove(e.key());
                 let acc = match cached {
                     Some(acc) => acc,
@@ -547,26 +648,35 @@ impl Engine {
 
     /// Ends a batch: the state batch to commit atomically, and the output rows
     /// to write (absolute values, or deletions).
-    pub fn finish(&self, w: Work) -> Result<Output, AggregateError> {
+    pub fn finish(&self, mut w: Work) -> Result<Output, AggregateError> {
         let mut state = Batch::default();
         if self.store.meta::<Settings>(SETTINGS_META)?.is_none() {
             state.put_meta(SETTINGS_META, &self.settings)?;
         }
+        if w.spilled.is_some() {
+            // The rest joins what is on disk; nothing is cached (the batch is
+            // larger than the cache).
+            self.spill(&mut w)?;
+            let mut rest = Batch::default();
+            for (dk, row) in std::mem::take(&mut w.dims) {
+                match row {
+                    Some(r) => rest.put(&dk, &r)?,
+                    None => rest.remove(&dk),
+                }
+            }
+            let mut spilled = w.spilled.take();
+            if let Some(p) = &mut spilled {
+                p.write(rest)?;
+            }
+            return Ok(Output {
+                state,
+                rows: Vec::new(),
+                spilled,
+            });
+        }
         // Consumed as it is encoded, so a large batch does not hold its
         // records twice (decoded here and encoded in the state batch).
-        for (fk, rec) in w.facts {
-            match rec {
-                Some(r) => state.put(&fk, &r)?,
-                None => state.remove(&fk),
-            }
-        }
-        for (ik, present) in w.index {
-            if present {
-                state.put(&ik, &())?;
-            } else {
-                state.remove(&ik);
-            }
-        }
+        encode_records(&mut w, &mut state)?;
         for (dk, row) in w.dims {
             match row {
                 Some(r) => state.put(&dk, &r)?,
@@ -584,13 +694,7 @@ impl Engine {
         // are unlikely to touch them all again.
         let caching = w.accums.len() <= self.cache_max;
         for (key, acc) in w.accums {
-            let family = FAMILIES[usize::from(key.family)];
-            let values = acc.output(family);
-            if values.is_some() {
-                state.put(&key, &acc)?;
-            } else {
-                state.remove(&key);
-            }
+            let values = put_accum(&mut state, &key, &acc)?;
             rows.push(OutputRow {
                 family: key.family,
                 level: key.level,
@@ -602,8 +706,79 @@ impl Engine {
                 cache.insert(key, acc);
             }
         }
-        Ok(Output { state, rows })
+        Ok(Output {
+            state,
+            rows,
+            spilled: None,
+        })
     }
+}
+
+/// Moves the work's fact records and index entries into `state`.
+fn encode_records(w: &mut Work, state: &mut Batch) -> Result<(), AggregateError> {
+    for (fk, rec) in std::mem::take(&mut w.facts) {
+        match rec {
+            Some(r) => state.put(&fk, &r)?,
+            None => state.remove(&fk),
+        }
+    }
+    for (ik, present) in std::mem::take(&mut w.index) {
+        if present {
+            state.put(&ik, &())?;
+        } else {
+            state.remove(&ik);
+        }
+    }
+    Ok(())
+}
+
+/// Writes an accumulator to `state`, removed once nothing contributes to it;
+/// returns its output row's values.
+fn put_accum(
+    state: &mut Batch,
+    key: &AccumKey,
+    acc: &Accum,
+) -> Result<Option<Vec<Option<i64>>>, AggregateError> {
+    let values = acc.output(FAMILIES[usize::from(key.family)]);
+    match values {
+        Some(_) => state.put(key, acc)?,
+        None => state.remove(key),
+    }
+    Ok(values)
+}
+
+/// A fact's record as the work's spilled part holds it: `None` if it has
+/// none, `Some(None)` if the batch deleted it.
+fn spilled(w: &Work, fk: &FactKey) -> Result<Option<Option<FactRecord>>, AggregateError> {
+    match &w.spilled {
+        Some(p) => Ok(p.get(fk)?),
+        None => Ok(None),
+    }
+}
+
+/// The output rows of a spilled batch (see [`Output::spilled`]), read from
+/// disk in key order: an accumulator left empty is a deletion.
+pub fn spilled_rows(
+    spilled: &Provisional,
+) -> impl Iterator<Item = Result<OutputRow, AggregateError>> + '_ {
+    spilled.scan::<Accum>(Space::Accum, &[]).map(|item| {
+        let (k, acc) = item?;
+        let key = AccumKey::decode(&k).ok_or(AggregateError::CorruptKey {
+            what: "accumulator",
+        })?;
+        let family = FAMILIES
+            .get(usize::from(key.family))
+            .ok_or(AggregateError::CorruptKey {
+                what: "accumulator",
+            })?;
+        Ok(OutputRow {
+            values: acc.and_then(|a| a.output(family)),
+            family: key.family,
+            level: key.level,
+            bucket: key.bucket,
+            group: key.group,
+        })
+    })
 }
 
 impl Engine {

@@ -18,4 +18,7 @@ pub mod keys;
 pub mod sql;
 
 pub use bucket::Level;
-pub use engine::{AggregateError, Engine, FactRecord, Output, OutputRow, Settings, Work};
+pub use engine::{
+    spilled_rows, AggregateError, Engine, FactRecord, Output, OutputRow, Settings, Work,
+    WORK_ENTRIES,
+};

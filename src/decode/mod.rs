@@ -7,8 +7,9 @@
 //! - [`txn`] checks transaction framing (Begin … Commit) and assembles a
 //!   [`Transaction`] of [`Change`]s.
 //!
-//! Invariant: a [`Transaction`] is only produced at its Commit, so the stages
-//! after decode never see part of a source transaction.
+//! Invariant: a [`Transaction`] is only produced at its Commit. A large one
+//! comes as [`TxnPart`]s first, then the Transaction with the rest of its
+//! changes; the pipeline never ends a batch between them.
 
 pub mod pgoutput;
 pub mod relation;
@@ -19,7 +20,7 @@ use raa_state::Lsn;
 
 pub use pgoutput::DecodeError;
 pub use relation::{MapError, Relations};
-pub use txn::{FramingError, TxnAssembler};
+pub use txn::{FramingError, TxnAssembler, PART_CHANGES};
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -35,6 +36,15 @@ pub struct Transaction {
     pub end_lsn: Lsn,
     /// Commit time, microseconds since the Unix epoch.
     pub commit_ts_micros: i64,
+    pub changes: Vec<Change>,
+}
+
+/// The leading changes of a large transaction, before its Commit (see
+/// [`TxnAssembler::take_part`]); its [`Transaction`] follows with the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnPart {
+    pub xid: u32,
+    pub commit_lsn: Lsn,
     pub changes: Vec<Change>,
 }
 

@@ -2,11 +2,12 @@
 //!
 //! A nested Begin, a Commit without Begin, a Commit whose LSN differs from
 //! Begin's final LSN, or a row change outside a transaction is an error, never
-//! skipped. A [`Transaction`] is produced at its Commit, whole.
+//! skipped. A [`Transaction`] is produced at its Commit; a large one's earlier
+//! changes are taken out as [`TxnPart`]s on the way (see [`TxnAssembler::take_part`]).
 
 use super::pgoutput::{DecodeError, Message, OldTuple};
 use super::relation::{MapError, Relations};
-use super::{Change, Transaction, PG_EPOCH_OFFSET_MICROS};
+use super::{Change, Transaction, TxnPart, PG_EPOCH_OFFSET_MICROS};
 use raa_state::Lsn;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,14 +37,49 @@ struct Open {
     changes: Vec<Change>,
 }
 
+/// Changes of an open transaction held before they are taken out as a part.
+/// About 10 MB of decoded IRF rows.
+pub const PART_CHANGES: usize = 10_000;
+
 /// Builds transactions from a stream of decoded messages.
-#[derive(Default)]
 pub struct TxnAssembler {
     relations: Relations,
     open: Option<Open>,
+    part_changes: usize,
+}
+
+impl Default for TxnAssembler {
+    fn default() -> Self {
+        TxnAssembler::with_part_changes(PART_CHANGES)
+    }
 }
 
 impl TxnAssembler {
+    /// An assembler whose parts hold `changes` changes (tests use small ones).
+    pub fn with_part_changes(changes: usize) -> TxnAssembler {
+        TxnAssembler {
+            relations: Relations::default(),
+            open: None,
+            part_changes: changes.max(1),
+        }
+    }
+
+    /// The open transaction's changes so far, once there are a part's worth:
+    /// a large transaction is handed on in parts instead of held whole.
+    /// pgoutput (protocol v1) sends a transaction only once it has committed,
+    /// so a part's changes are committed ones; the rest come with the Commit.
+    pub fn take_part(&mut self) -> Option<TxnPart> {
+        let open = self.open.as_mut()?;
+        if open.changes.len() < self.part_changes {
+            return None;
+        }
+        Some(TxnPart {
+            xid: open.xid,
+            commit_lsn: open.final_lsn,
+            changes: std::mem::take(&mut open.changes),
+        })
+    }
+
     pub fn in_transaction(&self) -> bool {
         self.open.is_some()
     }
@@ -322,6 +358,42 @@ mod tests {
             ]
         );
         assert!(!a.in_transaction());
+    }
+
+    #[test]
+    fn a_large_transaction_is_taken_out_in_parts_in_order() {
+        let mut a = TxnAssembler::with_part_changes(2);
+        a.push(&rel(1, "tenant", TENANT_COLS)).unwrap();
+        assert_eq!(a.take_part(), None, "no transaction open");
+        a.push(&begin(100, 5)).unwrap();
+        let insert = |k: &'static str| Message::Insert {
+            relation_id: 1,
+            new: TupleData(vec![Datum::Text(k.as_bytes()), Datum::Null, Datum::Null]),
+        };
+        let mut parts = Vec::new();
+        for k in ["1", "2", "3", "4", "5"] {
+            a.push(&insert(k)).unwrap();
+            parts.extend(a.take_part());
+        }
+        let txn = a.push(&commit(100)).unwrap().unwrap();
+        let keys = |changes: &[Change]| -> Vec<i64> {
+            changes
+                .iter()
+                .map(|c| match c {
+                    Change::Insert { new, .. } => match &new.0[0] {
+                        Some(Value::Int(k)) => *k,
+                        other => panic!("{other:?}"),
+                    },
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(parts.len(), 2);
+        assert!(parts.iter().all(|p| p.xid == 5 && p.commit_lsn == Lsn(100)));
+        assert_eq!(keys(&parts[0].changes), [1, 2]);
+        assert_eq!(keys(&parts[1].changes), [3, 4]);
+        assert_eq!(keys(&txn.changes), [5], "the rest comes with the commit");
+        assert_eq!(a.take_part(), None);
     }
 
     #[test]

@@ -268,12 +268,32 @@ impl Metrics {
         self.server_wal.fetch_max(at.0, Ordering::Relaxed);
     }
 
-    /// A whole transaction was decoded.
-    pub fn transaction_decoded(&self, txn: &Transaction) {
+    /// A transaction was decoded; `earlier` of its changes came before it in
+    /// parts (and were counted by [`Metrics::changes_decoded`]).
+    pub fn transaction_decoded(&self, txn: &Transaction, earlier: usize) {
         self.transactions.inc();
-        self.transaction_changes.observe(txn.changes.len() as f64);
+        self.transaction_changes
+            .observe((earlier + txn.changes.len()) as f64);
+        self.changes_decoded(&txn.changes);
+        self.server_wal.fetch_max(txn.end_lsn.0, Ordering::Relaxed);
+        if txn.end_lsn.0 <= self.durable.load(Ordering::Relaxed) {
+            // Already durable (a replay the pipeline skips): no lag to measure.
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= MAX_PENDING {
+            if let Some(last) = pending.back_mut() {
+                last.0 = txn.end_lsn.0;
+                return;
+            }
+        }
+        pending.push_back((txn.end_lsn.0, txn.commit_ts_micros));
+    }
+
+    /// Changes decoded, by table and operation.
+    pub fn changes_decoded(&self, changes: &[Change]) {
         let mut counts: Vec<((&'static str, &'static str), u64)> = Vec::new();
-        for change in &txn.changes {
+        for change in changes {
             let (tables, op): (&[crate::schema::Table], &str) = match change {
                 Change::Insert { table, .. } => (std::slice::from_ref(table), "insert"),
                 Change::Update { table, .. } => (std::slice::from_ref(table), "update"),
@@ -291,19 +311,6 @@ impl Metrics {
         for ((table, op), n) in counts {
             self.changes.with_label_values(&[table, op]).inc_by(n);
         }
-        self.server_wal.fetch_max(txn.end_lsn.0, Ordering::Relaxed);
-        if txn.end_lsn.0 <= self.durable.load(Ordering::Relaxed) {
-            // Already durable (a replay the pipeline skips): no lag to measure.
-            return;
-        }
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() >= MAX_PENDING {
-            if let Some(last) = pending.back_mut() {
-                last.0 = txn.end_lsn.0;
-                return;
-            }
-        }
-        pending.push_back((txn.end_lsn.0, txn.commit_ts_micros));
     }
 
     /// A batch of `rows` aggregate rows was committed to the sink in `took`.
@@ -572,10 +579,10 @@ mod tests {
         assert_eq!(m.lag_seconds(), 0.0);
         assert!(m.ready(60.0).is_ok());
         let ten_s_ago = now_micros() - 10_000_000;
-        m.transaction_decoded(&txn(200, ten_s_ago, 3));
-        m.transaction_decoded(&txn(300, now_micros(), 1));
+        m.transaction_decoded(&txn(200, ten_s_ago, 3), 0);
+        m.transaction_decoded(&txn(300, now_micros(), 1), 0);
         // A replayed transaction, already durable, is not pending.
-        m.transaction_decoded(&txn(100, ten_s_ago - 1_000_000, 1));
+        m.transaction_decoded(&txn(100, ten_s_ago - 1_000_000, 1), 0);
         assert!(m.lag_seconds() >= 10.0);
         assert_eq!(m.lag_bytes(), 200);
         assert!(m.ready(5.0).unwrap_err().contains("lag"));
@@ -603,6 +610,19 @@ mod tests {
         );
         assert!(text.contains("raa_transaction_changes_sum 5"), "{text}");
         assert!(text.contains("raa_build_info{version="), "{text}");
+        // A transaction of 21 changes, 20 of them sent before it as a part:
+        // one transaction of 21, and every change counted once.
+        m.changes_decoded(&txn(400, now_micros(), 20).changes);
+        m.transaction_decoded(&txn(400, now_micros(), 1), 20);
+        let text = m.render();
+        assert!(text.contains("raa_transaction_changes_count 4"), "{text}");
+        assert!(text.contains("raa_transaction_changes_sum 26"), "{text}");
+        assert!(
+            text.contains(
+                "raa_changes_decoded_total{op=\"insert\",table=\"interaction_resource_fact\"} 26"
+            ),
+            "{text}"
+        );
         m.stream_stopped();
         assert!(m.ready(60.0).is_err());
     }

@@ -1,7 +1,7 @@
 //! The in-memory twin of the PostgreSQL sink, for tests and benchmarks that
 //! separate the pipeline's own cost from PostgreSQL's.
 
-use super::{Sink, SinkError};
+use super::{RowChunks, Sink, SinkError};
 use crate::aggregate::{Level, OutputRow};
 use raa_state::Lsn;
 use std::collections::BTreeMap;
@@ -39,6 +39,19 @@ impl Sink for MemorySink {
         self.progress = Some(lsn);
         self.batches += 1;
         Ok(())
+    }
+
+    /// Reads every chunk first, so a failed read leaves nothing written.
+    async fn write_chunks(
+        &mut self,
+        lsn: Lsn,
+        rows: &mut (dyn RowChunks + Send),
+    ) -> Result<(), SinkError> {
+        let mut all = Vec::new();
+        while let Some(chunk) = rows.next_chunk()? {
+            all.extend(chunk);
+        }
+        self.write(lsn, &all).await
     }
 
     async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {

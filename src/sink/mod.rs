@@ -37,6 +37,8 @@ pub enum SinkError {
         recorded: Lsn,
         lsn: Lsn,
     },
+    #[error("cannot read the batch's rows from its provisional state")]
+    Rows(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("progress of slot {slot} holds an unreadable LSN {text:?}")]
     BadProgress { slot: String, text: String },
 }
@@ -50,10 +52,24 @@ pub trait Sink {
     /// Writes `rows` and records `lsn` as progress, atomically and durably.
     async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError>;
 
+    /// [`Sink::write`] of a batch too large to hold in memory: its rows come a
+    /// chunk at a time, and are still written in one transaction.
+    async fn write_chunks(
+        &mut self,
+        lsn: Lsn,
+        rows: &mut (dyn RowChunks + Send),
+    ) -> Result<(), SinkError>;
+
     /// Replaces the whole content of the aggregate tables with `rows` (all
     /// upserts) and records `lsn`, in one transaction: after a backfill, the
     /// state holds rows no batch ever wrote.
     async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError>;
+}
+
+/// A batch's rows, read a chunk at a time.
+pub trait RowChunks {
+    /// The next chunk; `None` once all are read.
+    fn next_chunk(&mut self) -> Result<Option<Vec<OutputRow>>, SinkError>;
 }
 
 /// A borrowed sink is a sink: the caller keeps it to inspect after a run.
@@ -64,6 +80,14 @@ impl<S: Sink> Sink for &mut S {
 
     async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
         (**self).write(lsn, rows).await
+    }
+
+    async fn write_chunks(
+        &mut self,
+        lsn: Lsn,
+        rows: &mut (dyn RowChunks + Send),
+    ) -> Result<(), SinkError> {
+        (**self).write_chunks(lsn, rows).await
     }
 
     async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {

@@ -7,7 +7,7 @@
 //! usual batch is one wave, and a large one is never encoded whole.
 //! Statements are prepared once.
 
-use super::{Sink, SinkError};
+use super::{RowChunks, Sink, SinkError};
 use crate::aggregate::catalog::FAMILIES;
 use crate::aggregate::family::Family;
 use crate::aggregate::{Level, OutputRow, Settings};
@@ -203,11 +203,19 @@ impl Sink for PgSink {
     }
 
     async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
-        self.write_in(lsn, rows, false).await
+        self.write_in(lsn, Rows::Slice(rows), false).await
+    }
+
+    async fn write_chunks(
+        &mut self,
+        lsn: Lsn,
+        rows: &mut (dyn RowChunks + Send),
+    ) -> Result<(), SinkError> {
+        self.write_in(lsn, Rows::Chunks(rows), false).await
     }
 
     async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
-        self.write_in(lsn, rows, true).await
+        self.write_in(lsn, Rows::Slice(rows), true).await
     }
 }
 
@@ -283,11 +291,85 @@ impl PgSink {
     /// One sink transaction; with `replace`, the aggregate tables are emptied
     /// first (DELETE, not TRUNCATE: GCXI readers keep seeing the old rows
     /// until the commit instead of waiting on a lock).
-    async fn write_in(
+    async fn write_in(&mut self, lsn: Lsn, rows: Rows<'_>, replace: bool) -> Result<(), SinkError> {
+        let tx = self.client.transaction().await.map_err(sql_err("begin"))?;
+        if replace {
+            let mut tables: Vec<String> = self
+                .upserts
+                .keys()
+                .map(|&(f, l)| FAMILIES[usize::from(f)].table_name(l))
+                .collect();
+            tables.sort();
+            for table in tables {
+                tx.batch_execute(&format!("DELETE FROM {table}"))
+                    .await
+                    .map_err(sql_err(format!("empty {table}")))?;
+            }
+        }
+        let mut out = Out {
+            tx: &tx,
+            upserts: &self.upserts,
+            deletes: &mut self.deletes,
+            statement_rows: self.statement_rows,
+            wave_rows: self.wave_rows,
+        };
+        let progress = Progress {
+            stmt: &self.progress_stmt,
+            slot: &self.slot,
+            lsn,
+        };
+        match rows {
+            Rows::Slice(rows) => out.send(rows, Some(&progress)).await?,
+            Rows::Chunks(chunks) => {
+                // One chunk read ahead, so the last goes with the progress.
+                let mut next = chunks.next_chunk()?;
+                loop {
+                    let chunk = next.take().unwrap_or_default();
+                    next = if chunk.is_empty() {
+                        None
+                    } else {
+                        chunks.next_chunk()?
+                    };
+                    let last = next.is_none();
+                    out.send(&chunk, last.then_some(&progress)).await?;
+                    if last {
+                        break;
+                    }
+                }
+            }
+        }
+        tx.commit().await.map_err(sql_err("commit"))
+    }
+}
+
+/// What one sink transaction writes: its rows whole, or a chunk at a time.
+enum Rows<'a> {
+    Slice(&'a [OutputRow]),
+    Chunks(&'a mut (dyn RowChunks + Send)),
+}
+
+/// The progress update that goes with a transaction's last statements.
+struct Progress<'a> {
+    stmt: &'a Statement,
+    slot: &'a String,
+    lsn: Lsn,
+}
+
+/// One open sink transaction and the statements it sends.
+struct Out<'a, 't> {
+    tx: &'a tokio_postgres::Transaction<'t>,
+    upserts: &'a HashMap<(u16, Level), Statement>,
+    deletes: &'a mut HashMap<(u16, Level, NullMask), Statement>,
+    statement_rows: usize,
+    wave_rows: usize,
+}
+
+impl Out<'_, '_> {
+    /// Sends `rows` in waves; with `progress`, the progress update last.
+    async fn send(
         &mut self,
-        lsn: Lsn,
         rows: &[OutputRow],
-        replace: bool,
+        progress: Option<&Progress<'_>>,
     ) -> Result<(), SinkError> {
         // Row indexes per statement target; the column arrays are built one
         // wave at a time.
@@ -304,32 +386,17 @@ impl PgSink {
             if !self.deletes.contains_key(&(family, level, mask)) {
                 let table = target.family().table_name(level);
                 let stmt = self
-                    .client
+                    .tx
                     .prepare(&delete_sql(target.family(), &table, mask))
                     .await
                     .map_err(sql_err(format!("prepare delete from {table}")))?;
                 self.deletes.insert((family, level, mask), stmt);
             }
         }
-        let tx = self.client.transaction().await.map_err(sql_err("begin"))?;
-        if replace {
-            let mut tables: Vec<String> = self
-                .upserts
-                .keys()
-                .map(|&(f, l)| FAMILIES[usize::from(f)].table_name(l))
-                .collect();
-            tables.sort();
-            for table in tables {
-                tx.batch_execute(&format!("DELETE FROM {table}"))
-                    .await
-                    .map_err(sql_err(format!("empty {table}")))?;
-            }
-        }
         let pieces: Vec<(Target, &[usize])> = targets
             .iter()
             .flat_map(|(t, idx)| idx.chunks(self.statement_rows).map(move |c| (*t, c)))
             .collect();
-        let lsn_text = lsn.to_string();
         let sizes: Vec<usize> = pieces.iter().map(|(_, idx)| idx.len()).collect();
         let waves = waves(&sizes, self.wave_rows);
         for (n, range) in waves.iter().enumerate() {
@@ -358,37 +425,41 @@ impl PgSink {
                     }
                 };
                 let Some(stmt) = stmt else { continue };
-                statements.push(execute(&tx, stmt, params, target.what()));
+                statements.push(execute(self.tx, stmt, params, target.what()));
             }
-            if n + 1 < waves.len() {
+            let progress = progress.filter(|_| n + 1 == waves.len());
+            let Some(progress) = progress else {
                 for result in futures_util::future::join_all(statements).await {
                     result?;
                 }
                 continue;
-            }
-            let progress_params: Vec<&(dyn ToSql + Sync)> = vec![&self.slot, &lsn_text];
-            let progress = execute(
-                &tx,
-                &self.progress_stmt,
+            };
+            let lsn_text = progress.lsn.to_string();
+            let progress_params: Vec<&(dyn ToSql + Sync)> = vec![progress.slot, &lsn_text];
+            let updated = execute(
+                self.tx,
+                progress.stmt,
                 progress_params,
                 "progress update".into(),
             );
-            let (tables, progress) =
-                futures_util::future::join(futures_util::future::join_all(statements), progress)
+            let (tables, updated) =
+                futures_util::future::join(futures_util::future::join_all(statements), updated)
                     .await;
             for result in tables {
                 result?;
             }
-            if progress? == 0 {
-                let recorded = read_progress(&tx, &self.slot).await?.unwrap_or_default();
+            if updated? == 0 {
+                let recorded = read_progress(self.tx, progress.slot)
+                    .await?
+                    .unwrap_or_default();
                 return Err(SinkError::ProgressRegressed {
-                    slot: self.slot.clone(),
+                    slot: progress.slot.clone(),
                     recorded,
-                    lsn,
+                    lsn: progress.lsn,
                 });
             }
         }
-        tx.commit().await.map_err(sql_err("commit"))
+        Ok(())
     }
 }
 

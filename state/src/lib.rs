@@ -20,6 +20,7 @@
 pub mod checkpoint;
 pub mod codec;
 mod lsn;
+mod provisional;
 mod reclaim;
 mod store;
 mod writer;
@@ -27,4 +28,5 @@ mod writer;
 pub use checkpoint::{CheckpointError, CheckpointInfo};
 pub use codec::{CodecError, FORMAT_VERSION};
 pub use lsn::{Lsn, ParseLsnError};
+pub use provisional::Provisional;
 pub use store::{Batch, Space, StateError, StateKey, Store};

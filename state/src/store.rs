@@ -3,6 +3,7 @@
 use crate::checkpoint::{self, CheckpointError, CheckpointInfo};
 use crate::codec::{self, CodecError, FORMAT_VERSION};
 use crate::lsn::Lsn;
+use crate::provisional::Provisional;
 use crate::writer::{Writer, Writes};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ pub trait StateKey {
     fn encode_key(&self, out: &mut Vec<u8>);
 }
 
-fn full_key<K: StateKey>(key: &K) -> Vec<u8> {
+pub(crate) fn full_key<K: StateKey>(key: &K) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     out.push(K::SPACE as u8);
     key.encode_key(&mut out);
@@ -41,6 +42,8 @@ fn full_key<K: StateKey>(key: &K) -> Vec<u8> {
 
 const META_FORMAT: &[u8] = &[Space::Meta as u8, b'f'];
 use crate::writer::META_APPLIED;
+/// Marks a provisional batch being applied; holds its seal (see [`Store::commit_provisional`]).
+const META_PROVISIONAL: &[u8] = &[Space::Meta as u8, b'p'];
 const META_NAMED: u8 = b'n';
 
 /// The page cache [`Store::open`] gives sled.
@@ -84,6 +87,11 @@ pub enum StateError {
          restore a checkpoint made by a matching build or start from an empty state directory"
     )]
     FormatMismatch { path: PathBuf, found: u8 },
+    #[error(
+        "the provisional batch holds a value that is neither a put nor a remove: \
+         the state directory is damaged"
+    )]
+    CorruptProvisional,
     #[error("refusing to move the applied LSN backwards from {current} to {requested}")]
     LsnBackwards { current: Lsn, requested: Lsn },
     #[error(
@@ -179,6 +187,13 @@ impl Store {
                 })
             }
         }
+        let provisional =
+            db.open_tree(crate::provisional::TREE)
+                .map_err(|source| StateError::Open {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        finish_provisional(&db, &tree, &provisional)?;
         let applied = match tree.get(META_APPLIED).map_err(io("open"))? {
             Some(v) => decode::<Lsn>(Space::Meta, &v)?.0,
             None => 0,
@@ -345,6 +360,80 @@ impl Store {
             .submit(batch.inner, None, false)
             .map_err(|(op, source)| StateError::Io { op, source })?;
         self.wait()
+    }
+
+    /// An empty provisional batch, for a batch too large to hold in memory.
+    /// One at a time: a new one empties the last.
+    pub fn provisional(&self) -> Result<Provisional, StateError> {
+        let tree = self
+            .db
+            .open_tree(crate::provisional::TREE)
+            .map_err(io("open the provisional batch"))?;
+        tree.clear().map_err(io("clear"))?;
+        Ok(Provisional { tree })
+    }
+
+    /// Commits a provisional batch with `batch` (its metadata) and the new
+    /// applied LSN, and returns once it is durable, as [`Store::commit`].
+    ///
+    /// Atomic through a marker, like a large batch's redo record: the marker
+    /// (holding `batch` and the LSN) is flushed first, the provisional writes
+    /// are then applied a chunk at a time, and `batch` with the LSN seals
+    /// them, removing the marker. A crash after the marker is finished on the
+    /// next open; one before it leaves the state as it was.
+    pub fn commit_provisional(
+        &self,
+        provisional: Provisional,
+        mut batch: Batch,
+        applied: Lsn,
+    ) -> Result<(), StateError> {
+        let current = Lsn(self.submitted.load(Ordering::Acquire));
+        if applied < current {
+            return Err(StateError::LsnBackwards {
+                current,
+                requested: applied,
+            });
+        }
+        self.wait()?;
+        batch
+            .inner
+            .insert(META_APPLIED.to_vec(), Some(encode(Space::Meta, &applied)?));
+        let seal = crate::provisional::encode_seal(&batch.inner)?;
+        self.tree
+            .insert(META_PROVISIONAL, seal)
+            .map_err(io("commit"))?;
+        self.db.flush().map_err(io("flush"))?;
+        crate::provisional::apply(
+            &self.db,
+            &self.tree,
+            &provisional.tree,
+            &batch.inner,
+            META_PROVISIONAL,
+        )?;
+        self.submitted.store(applied.0, Ordering::Release);
+        self.applied.store(applied.0, Ordering::Release);
+        Ok(())
+    }
+
+    /// [`Store::write_unanchored`] of a provisional batch (a backfill chunk
+    /// that outgrew memory): applied a chunk at a time, without a marker.
+    pub fn write_unanchored_provisional(
+        &self,
+        provisional: Provisional,
+        batch: Batch,
+    ) -> Result<(), StateError> {
+        let applied = Lsn(self.submitted.load(Ordering::Acquire));
+        if applied != Lsn::ZERO {
+            return Err(StateError::Anchored { applied });
+        }
+        self.wait()?;
+        crate::provisional::apply(
+            &self.db,
+            &self.tree,
+            &provisional.tree,
+            &batch.inner,
+            META_PROVISIONAL,
+        )
     }
 
     /// Removes everything (an incomplete backfill or restore), keeping the format.
@@ -519,6 +608,10 @@ impl Batch {
         Ok(())
     }
 
+    pub(crate) fn into_writes(self) -> Writes {
+        self.inner
+    }
+
     /// How many puts and removes the batch holds.
     pub fn len(&self) -> usize {
         self.ops
@@ -529,21 +622,45 @@ impl Batch {
     }
 }
 
+/// On open: finishes a provisional batch whose commit a crash interrupted
+/// after its marker, and empties one that was never committed.
+fn finish_provisional(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    provisional: &sled::Tree,
+) -> Result<(), StateError> {
+    match tree.get(META_PROVISIONAL).map_err(io("open"))? {
+        Some(seal) => {
+            let seal = crate::provisional::decode_seal(&seal)?;
+            tracing::info!(
+                writes = provisional.len(),
+                "finishing the commit of a large batch a stop interrupted"
+            );
+            crate::provisional::apply(db, tree, provisional, &seal, META_PROVISIONAL)
+        }
+        None if !provisional.is_empty() => {
+            provisional.clear().map_err(io("clear"))?;
+            db.flush().map(drop).map_err(io("flush"))
+        }
+        None => Ok(()),
+    }
+}
+
 fn meta_key(name: &str) -> Vec<u8> {
     let mut k = vec![Space::Meta as u8, META_NAMED];
     k.extend_from_slice(name.as_bytes());
     k
 }
 
-fn io(op: &'static str) -> impl Fn(sled::Error) -> StateError {
+pub(crate) fn io(op: &'static str) -> impl Fn(sled::Error) -> StateError {
     move |source| StateError::Io { op, source }
 }
 
-fn encode<V: Serialize>(space: Space, value: &V) -> Result<Vec<u8>, StateError> {
+pub(crate) fn encode<V: Serialize>(space: Space, value: &V) -> Result<Vec<u8>, StateError> {
     codec::encode(value).map_err(|source| StateError::Codec { space, source })
 }
 
-fn decode<V: DeserializeOwned>(space: Space, bytes: &[u8]) -> Result<V, StateError> {
+pub(crate) fn decode<V: DeserializeOwned>(space: Space, bytes: &[u8]) -> Result<V, StateError> {
     codec::decode(bytes).map_err(|source| StateError::Codec { space, source })
 }
 
@@ -806,6 +923,115 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.applied_lsn(), Some(Lsn(60)));
         assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 6);
+    }
+
+    /// A store at LSN 10 with facts 0..n worth their number, and a
+    /// provisional batch over it: facts 0..n doubled, every third removed,
+    /// fact n added, in several chunks.
+    fn with_provisional(dir: &Path, n: u64) -> (Store, Provisional) {
+        let store = Store::open(dir).unwrap();
+        let mut b = Batch::default();
+        for i in 0..n {
+            b.put(&FactId(i), &i).unwrap();
+        }
+        store.commit(b, Lsn(10)).unwrap();
+        let mut prov = store.provisional().unwrap();
+        for part in [0..n / 2, n / 2..n + 1] {
+            let mut b = Batch::default();
+            for i in part {
+                if i % 3 == 0 {
+                    b.remove(&FactId(i));
+                } else {
+                    b.put(&FactId(i), &(2 * i)).unwrap();
+                }
+            }
+            prov.write(b).unwrap();
+        }
+        (store, prov)
+    }
+
+    fn doubled(store: &Store, n: u64) {
+        for i in 0..=n {
+            let want = (i % 3 != 0).then_some(2 * i);
+            assert_eq!(store.get::<_, u64>(&FactId(i)).unwrap(), want, "fact {i}");
+        }
+    }
+
+    #[test]
+    fn a_provisional_batch_is_readable_apart_and_committed_whole_with_its_lsn() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 3 * crate::writer::CHUNK as u64;
+        {
+            let (store, prov) = with_provisional(dir.path(), n);
+            assert_eq!(prov.len(), n as usize + 1);
+            assert_eq!(prov.get::<_, u64>(&FactId(3)).unwrap(), Some(None));
+            assert_eq!(prov.get::<_, u64>(&FactId(4)).unwrap(), Some(Some(8)));
+            assert_eq!(prov.get::<_, u64>(&FactId(n + 7)).unwrap(), None);
+            let scanned: Vec<_> = prov
+                .scan::<u64>(Space::Fact, &[])
+                .take(4)
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(
+                scanned,
+                [(0, None), (1, Some(2)), (2, Some(4)), (3, None)]
+                    .map(|(k, v): (u64, _)| (k.to_be_bytes().to_vec(), v))
+            );
+            // The state is untouched until the commit.
+            assert_eq!(store.get::<_, u64>(&FactId(3)).unwrap(), Some(3));
+            assert_eq!(store.get::<_, u64>(&FactId(n)).unwrap(), None);
+            let mut meta = Batch::default();
+            meta.put_meta("sink-written", &true).unwrap();
+            store.commit_provisional(prov, meta, Lsn(20)).unwrap();
+            assert_eq!(store.applied_lsn(), Some(Lsn(20)));
+            doubled(&store, n);
+            let prov = store.provisional().unwrap();
+            assert!(prov.is_empty(), "emptied by its commit");
+            let err = store
+                .commit_provisional(prov, Batch::default(), Lsn(15))
+                .unwrap_err();
+            assert!(matches!(err, StateError::LsnBackwards { .. }), "{err}");
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(20)));
+        assert_eq!(store.meta::<bool>("sink-written").unwrap(), Some(true));
+        doubled(&store, n);
+    }
+
+    #[test]
+    fn a_provisional_batch_is_finished_on_open_once_marked_and_dropped_if_not() {
+        let n = 2 * crate::writer::CHUNK as u64;
+        // Never marked: a stop during the batch's aggregation or sink write.
+        let dir = tempfile::tempdir().unwrap();
+        drop(with_provisional(dir.path(), n));
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(10)));
+        for i in 0..=n {
+            let want = (i < n).then_some(i);
+            assert_eq!(store.get::<_, u64>(&FactId(i)).unwrap(), want, "fact {i}");
+        }
+        let leftover = store.db.open_tree(crate::provisional::TREE).unwrap();
+        assert!(leftover.is_empty(), "emptied on open");
+        drop((leftover, store));
+
+        // Marked, then stopped before any chunk was applied.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, prov) = with_provisional(dir.path(), n);
+            let mut seal = Writes::new();
+            seal.insert(
+                META_APPLIED.to_vec(),
+                Some(encode(Space::Meta, &Lsn(30)).unwrap()),
+            );
+            let seal = crate::provisional::encode_seal(&seal).unwrap();
+            store.tree.insert(META_PROVISIONAL, seal).unwrap();
+            store.db.flush().unwrap();
+            drop(prov);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(30)));
+        doubled(&store, n);
+        assert_eq!(store.tree.get(META_PROVISIONAL).unwrap(), None);
     }
 
     #[test]

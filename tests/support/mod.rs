@@ -157,18 +157,30 @@ impl TestDb {
         settings: &Settings,
         failpoint: Option<pipeline::Failpoint>,
     ) -> Result<Summary, pipeline::PipelineError> {
+        self.catch_up_opts(url, state_dir, settings, |o| o.failpoint = failpoint)
+            .await
+    }
+
+    /// [`TestDb::catch_up_over`] with options of the test's own.
+    pub async fn catch_up_opts(
+        &self,
+        url: &str,
+        state_dir: &Path,
+        settings: &Settings,
+        tweak: impl FnOnce(&mut Options),
+    ) -> Result<Summary, pipeline::PipelineError> {
         let store = Arc::new(raa_state::Store::open(state_dir).expect("open state"));
         let src = SourceConfig::new(url, &self.name, "raa").expect("valid source config");
         let sink = PgSink::new(connect(url).await, &src.slot, settings)
             .await
             .expect("sink");
-        let opts = Options {
+        let mut opts = Options {
             until_caught_up: true,
             batch_changes: 5_000,
             batch_delay: Duration::from_millis(50),
-            failpoint,
             ..Options::default()
         };
+        tweak(&mut opts);
         tokio::time::timeout(
             Duration::from_secs(300),
             pipeline::run(

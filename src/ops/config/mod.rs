@@ -161,6 +161,8 @@ options! {
     service_level_seconds: i64 = 20, check non_negative;
     /// End a sink batch after this many row changes (whole transactions).
     batch_changes: usize = 50_000, check positive_usize;
+    /// State entries (accumulators, fact records, index entries; ~800 bytes each) a batch holds in memory: a batch ends at half of it, and one source transaction larger than that spills its work to the state directory.
+    batch_entries: usize = 200_000, check positive_usize;
     /// End a sink batch at most this many milliseconds after it started.
     batch_delay_ms: u64 = 200, check any;
     /// Address of the HTTP server for /metrics, /healthz and /readyz.

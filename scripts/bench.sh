@@ -12,7 +12,7 @@
 #
 #   scripts/bench.sh [--rows N] [--late-sizes N1,N2,...] [--late-batch N]
 #                    [--transport both|tcp|socket] [--scratch logged|unlogged]
-#                    [--txn-rows N] [--only catchup|late_fact|big_txn]
+#                    [--txn-rows N] [--cache-mb N] [--only catchup|late_fact|big_txn]
 #
 # Defaults (100 000 facts of a week of every fact table; late-fact sizes
 # 10 000, 100 000, 300 000; one transaction of 200 000 IRF rows) finish in
@@ -28,8 +28,9 @@ late_batch=1000
 transport=both
 scratch=logged
 txn_rows=200000
+cache_mb=256
 only=""
-usage="usage: $0 [--rows N] [--late-sizes N1,N2,...] [--late-batch N] [--transport both|tcp|socket] [--scratch logged|unlogged] [--txn-rows N] [--only catchup|late_fact|big_txn]"
+usage="usage: $0 [--rows N] [--late-sizes N1,N2,...] [--late-batch N] [--transport both|tcp|socket] [--scratch logged|unlogged] [--txn-rows N] [--cache-mb N] [--only catchup|late_fact|big_txn]"
 while [ $# -gt 0 ]; do
     case "$1" in
         --rows) rows=$2; shift 2 ;;
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
         --transport) transport=$2; shift 2 ;;
         --scratch) scratch=$2; shift 2 ;;
         --txn-rows) txn_rows=$2; shift 2 ;;
+        --cache-mb) cache_mb=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         *) echo "$usage" >&2; exit 2 ;;
     esac
@@ -61,8 +63,8 @@ if [ -z "$only" ] || [ "$only" = late_fact ]; then
         || { tail -40 "$out/late_fact.log" >&2; exit 1; }
 fi
 if [ -z "$only" ] || [ "$only" = big_txn ]; then
-    echo "== big_txn: one transaction of $txn_rows IRF rows" >&2
-    RAA_BENCH_ROWS=$txn_rows \
+    echo "== big_txn: one transaction of $txn_rows IRF rows, sled cache $cache_mb MiB" >&2
+    RAA_BENCH_ROWS=$txn_rows RAA_BENCH_CACHE_MB=$cache_mb \
         cargo bench --bench big_txn 2>"$out/big_txn.log" | tee "$out/big_txn.txt" \
         || { tail -40 "$out/big_txn.log" >&2; exit 1; }
 fi

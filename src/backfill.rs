@@ -56,6 +56,8 @@ pub struct Backfilled {
     pub lsn: Lsn,
     pub rows: u64,
     pub secs: f64,
+    /// Chunks whose work outgrew memory and went through the disk.
+    pub spilled_chunks: u64,
 }
 
 /// Creates the slot, aggregates every row of the snapshot into `store`
@@ -79,6 +81,7 @@ pub async fn run(
     }
     let progress = Progress::new(total);
     let mut rows = 0_u64;
+    let mut spilled_chunks = 0;
     for spec in order {
         let table = spec.table;
         let mut stream = Box::pin(snapshot::rows(&reader, spec).await?);
@@ -86,13 +89,13 @@ pub async fn run(
         while let Some(tuple) = stream.next().await {
             changes.push(Change::Insert { table, new: tuple? });
             if changes.len() == CHUNK_ROWS {
-                apply_chunk(store, engine, table, std::mem::take(&mut changes))?;
+                spilled_chunks += apply_chunk(store, engine, table, std::mem::take(&mut changes))?;
                 rows += CHUNK_ROWS as u64;
                 progress.set(rows);
             }
         }
         rows += changes.len() as u64;
-        apply_chunk(store, engine, table, changes)?;
+        spilled_chunks += apply_chunk(store, engine, table, changes)?;
         progress.set(rows);
     }
     reader
@@ -109,19 +112,22 @@ pub async fn run(
         lsn: store.applied_lsn().unwrap_or_default(),
         rows,
         secs: started.elapsed().as_secs_f64(),
+        spilled_chunks,
     };
     tracing::info!(rows, secs = format!("{:.1}", done.secs), lsn = %done.lsn, "backfill complete");
     Ok(done)
 }
 
+/// Aggregates one chunk of snapshot rows into the state; returns 1 if its
+/// work spilled, else 0.
 fn apply_chunk(
     store: &Store,
     engine: &mut Engine,
     table: Table,
     changes: Vec<Change>,
-) -> Result<(), BackfillError> {
+) -> Result<u64, BackfillError> {
     if changes.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let agg = |source| BackfillError::Aggregate {
         table: table.name(),
@@ -140,10 +146,15 @@ fn apply_chunk(
     match out.spilled {
         // Rows of long periods (sessions over many sub-hour buckets) can
         // make a chunk's work outgrow memory.
-        Some(spilled) => store.write_unanchored_provisional(spilled, out.state)?,
-        None => store.write_unanchored(out.state)?,
+        Some(spilled) => {
+            store.write_unanchored_provisional(spilled, out.state)?;
+            Ok(1)
+        }
+        None => {
+            store.write_unanchored(out.state)?;
+            Ok(0)
+        }
     }
-    Ok(())
 }
 
 /// Progress: a bar (rows, rate, ETA) on a terminal, a log line every few

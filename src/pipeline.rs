@@ -390,7 +390,9 @@ pub async fn run<S: Sink>(
     p.engine.set_work_entries(opts.batch_entries);
     if needs_backfill {
         let (store, engine) = (p.store.clone(), &mut p.engine);
-        p.summary.backfilled_rows = backfill::run(source, &store, engine).await?.rows;
+        let done = backfill::run(source, &store, engine).await?;
+        p.summary.backfilled_rows = done.rows;
+        p.summary.spilled_batches += done.spilled_chunks;
     }
     match p
         .store

@@ -31,6 +31,18 @@ fn rows_everywhere(bucket: i64) -> Vec<OutputRow> {
     rows
 }
 
+/// Makes `table` refuse rows of bucket `bucket` (a statement that fails
+/// mid-batch); `None` lifts it again.
+async fn refuse_bucket(admin: &tokio_postgres::Client, table: &str, bucket: Option<i64>) {
+    let sql = match bucket {
+        Some(b) => {
+            format!("ALTER TABLE {table} ADD CONSTRAINT refused CHECK (date_time_key <> {b})")
+        }
+        None => format!("ALTER TABLE {table} DROP CONSTRAINT refused"),
+    };
+    admin.batch_execute(&sql).await.unwrap();
+}
+
 async fn total_rows(db: &TestDb) -> i64 {
     let mut total = 0;
     for family in FAMILIES {
@@ -72,12 +84,7 @@ async fn batches_are_atomic_name_the_failed_statement_and_never_go_back() {
     let admin = db.client().await;
     for (f, level) in [(0, Level::Subhr), (2, Level::Day), (4, Level::Year)] {
         let table = FAMILIES[f].table_name(level);
-        admin
-            .batch_execute(&format!(
-                "ALTER TABLE {table} ADD CONSTRAINT no_200 CHECK (date_time_key <> 200)"
-            ))
-            .await
-            .unwrap();
+        refuse_bucket(&admin, &table, Some(200)).await;
         match sink.write(Lsn(300), &second).await {
             Err(SinkError::Sql { what, source }) => {
                 assert_eq!(what, format!("upsert into {table}"), "{source}");
@@ -86,10 +93,7 @@ async fn batches_are_atomic_name_the_failed_statement_and_never_go_back() {
         }
         assert_eq!(total_rows(&db).await, 35, "nothing of a failed batch stays");
         assert_eq!(sink.progress().await.unwrap(), Some(Lsn(200)));
-        admin
-            .batch_execute(&format!("ALTER TABLE {table} DROP CONSTRAINT no_200"))
-            .await
-            .unwrap();
+        refuse_bucket(&admin, &table, None).await;
     }
 
     sink.write(Lsn(300), &second).await.expect("second batch");
@@ -142,12 +146,7 @@ async fn a_batch_sent_in_many_waves_is_still_all_or_nothing() {
     let admin = db.client().await;
     let last_table = FAMILIES[FAMILIES.len() - 1].table_name(Level::Year);
     for table in [&first_table, &last_table] {
-        admin
-            .batch_execute(&format!(
-                "ALTER TABLE {table} ADD CONSTRAINT no_100 CHECK (date_time_key <> 100)"
-            ))
-            .await
-            .unwrap();
+        refuse_bucket(&admin, table, Some(100)).await;
         match sink.write(Lsn(200), &rows).await {
             Err(SinkError::Sql { what, source }) => {
                 assert_eq!(what, format!("upsert into {table}"), "{source}");
@@ -156,10 +155,7 @@ async fn a_batch_sent_in_many_waves_is_still_all_or_nothing() {
         }
         assert_eq!(total_rows(&db).await, 0, "nothing of a failed batch stays");
         assert_eq!(sink.progress().await.unwrap(), None);
-        admin
-            .batch_execute(&format!("ALTER TABLE {table} DROP CONSTRAINT no_100"))
-            .await
-            .unwrap();
+        refuse_bucket(&admin, table, None).await;
     }
 
     sink.write(Lsn(200), &rows).await.expect("first batch");
@@ -236,12 +232,7 @@ async fn a_batch_written_in_chunks_is_still_all_or_nothing() {
 
     let last_table = FAMILIES[FAMILIES.len() - 1].table_name(Level::Year);
     let admin = db.client().await;
-    admin
-        .batch_execute(&format!(
-            "ALTER TABLE {last_table} ADD CONSTRAINT no_100 CHECK (date_time_key <> 100)"
-        ))
-        .await
-        .unwrap();
+    refuse_bucket(&admin, &last_table, Some(100)).await;
     match sink
         .write_chunks(Lsn(200), &mut Chunks::of(&rows, 12, None))
         .await
@@ -250,10 +241,7 @@ async fn a_batch_written_in_chunks_is_still_all_or_nothing() {
         other => panic!("a failed statement must fail the batch, got {other:?}"),
     }
     assert_eq!(total_rows(&db).await, 0, "nothing of a failed batch stays");
-    admin
-        .batch_execute(&format!("ALTER TABLE {last_table} DROP CONSTRAINT no_100"))
-        .await
-        .unwrap();
+    refuse_bucket(&admin, &last_table, None).await;
 
     let mut chunks = Chunks::of(&rows, 12, None);
     sink.write_chunks(Lsn(200), &mut chunks)

@@ -70,36 +70,32 @@ async fn transactions_larger_than_memory_spill_and_match_the_sql_recomputation()
     let db = TestDb::new().await;
     db.init(&settings).await;
     let state = tempfile::tempdir().unwrap();
-    db.catch_up(state.path(), &settings).await;
     let mut c = db.client().await;
     let mut g = Generator::new(21, DAY);
     g.dimensions(&c).await.unwrap();
+    g.day(&mut c, 1_000, 1_000).await.unwrap();
+    // The backfill's chunks spill too.
+    let run = bounded(&db, state.path(), &settings, None).await.unwrap();
+    assert!(
+        run.backfilled_rows > 1_000 && run.spilled_batches >= 1,
+        "{run:?}"
+    );
+    db.assert_verified(&settings).await;
     // Transactions of 1 000 rows: thousands of state entries each.
     g.day(&mut c, 2_000, 1_000).await.unwrap();
-    let bounded = |failpoint| {
-        move |o: &mut raa::pipeline::Options| {
-            o.batch_entries = 600;
-            o.part_changes = 300;
-            o.failpoint = failpoint;
-        }
-    };
-    let err = db
-        .catch_up_opts(
-            &db.url,
-            state.path(),
-            &settings,
-            bounded(Some(Failpoint::AfterSinkCommit(1))),
-        )
-        .await
-        .unwrap_err();
+    let err = bounded(
+        &db,
+        state.path(),
+        &settings,
+        Some(Failpoint::AfterSinkCommit(1)),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, raa::pipeline::PipelineError::Failpoint(_)),
         "{err}"
     );
-    let run = db
-        .catch_up_opts(&db.url, state.path(), &settings, bounded(None))
-        .await
-        .expect("catch-up");
+    let run = bounded(&db, state.path(), &settings, None).await.unwrap();
     assert!(
         run.spilled_batches >= 2 && run.transactions_in_parts >= 2,
         "{run:?}"
@@ -108,12 +104,25 @@ async fn transactions_larger_than_memory_spill_and_match_the_sql_recomputation()
     // Then with updates, deletes and late facts, and a dimension change.
     g.chaos(&mut c, 60).await.unwrap();
     g.day(&mut c, 1_000, 1_000).await.unwrap();
-    let run = db
-        .catch_up_opts(&db.url, state.path(), &settings, bounded(None))
-        .await
-        .expect("catch-up");
+    let run = bounded(&db, state.path(), &settings, None).await.unwrap();
     assert!(run.spilled_batches >= 1, "{run:?}");
     db.assert_verified(&settings).await;
+}
+
+/// A catch-up whose batches hold 600 state entries in memory and whose
+/// transactions come in parts of 300 changes.
+async fn bounded(
+    db: &TestDb,
+    state: &std::path::Path,
+    settings: &Settings,
+    failpoint: Option<Failpoint>,
+) -> Result<raa::pipeline::Summary, raa::pipeline::PipelineError> {
+    db.catch_up_opts(&db.url, state, settings, |o| {
+        o.batch_entries = 600;
+        o.part_changes = 300;
+        o.failpoint = failpoint;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,9 +13,9 @@
 //! state batch and the output rows that changed. A work that outgrows
 //! [`Engine::work_entries`] within one source transaction (which a batch
 //! cannot split) moves to a [`Provisional`] batch on disk, read between
-//! memory and the store: memory stays bounded whatever the transaction size. After any error the engine
-//! and its work must be dropped and rebuilt from the store: its dimension
-//! cache may be ahead of what was committed.
+//! memory and the store: memory stays bounded whatever the transaction size.
+//! After any error the engine and its work must be dropped and rebuilt from
+//! the store: its dimension cache may be ahead of what was committed.
 
 use super::accum::{Accum, RetractError};
 use super::bucket::{self, BucketError, Level};
@@ -128,7 +128,7 @@ pub struct Work {
 }
 
 impl Work {
-    /// State entries held in memory (dimension rows aside: few, and kept).
+    /// State entries held in memory (dimension rows aside: few).
     pub fn entries(&self) -> usize {
         self.facts.len() + self.accums.len() + self.index.len()
     }
@@ -471,8 +471,10 @@ impl Engine {
         if let Some(rec) = w.facts.remove(&fk) {
             return Ok(rec);
         }
-        if let Some(rec) = spilled(w, &fk)? {
-            return Ok(rec);
+        if let Some(p) = &w.spilled {
+            if let Some(rec) = p.get(&fk)? {
+                return Ok(rec);
+            }
         }
         Ok(self.store.get(&fk)?)
     }
@@ -657,32 +659,15 @@ impl Engine {
             // The rest joins what is on disk; nothing is cached (the batch is
             // larger than the cache).
             self.spill(&mut w)?;
-            let mut rest = Batch::default();
-            for (dk, row) in std::mem::take(&mut w.dims) {
-                match row {
-                    Some(r) => rest.put(&dk, &r)?,
-                    None => rest.remove(&dk),
-                }
-            }
-            let mut spilled = w.spilled.take();
-            if let Some(p) = &mut spilled {
-                p.write(rest)?;
-            }
             return Ok(Output {
                 state,
                 rows: Vec::new(),
-                spilled,
+                spilled: w.spilled.take(),
             });
         }
         // Consumed as it is encoded, so a large batch does not hold its
         // records twice (decoded here and encoded in the state batch).
         encode_records(&mut w, &mut state)?;
-        for (dk, row) in w.dims {
-            match row {
-                Some(r) => state.put(&dk, &r)?,
-                None => state.remove(&dk),
-            }
-        }
         let mut rows = Vec::with_capacity(w.accums.len());
         let mut cache = self.cache();
         if cache.len() + w.accums.len() > self.cache_max {
@@ -714,7 +699,7 @@ impl Engine {
     }
 }
 
-/// Moves the work's fact records and index entries into `state`.
+/// Moves the work's fact records, index entries and dimension rows into `state`.
 fn encode_records(w: &mut Work, state: &mut Batch) -> Result<(), AggregateError> {
     for (fk, rec) in std::mem::take(&mut w.facts) {
         match rec {
@@ -727,6 +712,12 @@ fn encode_records(w: &mut Work, state: &mut Batch) -> Result<(), AggregateError>
             state.put(&ik, &())?;
         } else {
             state.remove(&ik);
+        }
+    }
+    for (dk, row) in std::mem::take(&mut w.dims) {
+        match row {
+            Some(r) => state.put(&dk, &r)?,
+            None => state.remove(&dk),
         }
     }
     Ok(())
@@ -745,15 +736,6 @@ fn put_accum(
         None => state.remove(key),
     }
     Ok(values)
-}
-
-/// A fact's record as the work's spilled part holds it: `None` if it has
-/// none, `Some(None)` if the batch deleted it.
-fn spilled(w: &Work, fk: &FactKey) -> Result<Option<Option<FactRecord>>, AggregateError> {
-    match &w.spilled {
-        Some(p) => Ok(p.get(fk)?),
-        None => Ok(None),
-    }
 }
 
 /// The output rows of a spilled batch (see [`Output::spilled`]), read from

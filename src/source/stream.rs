@@ -235,8 +235,12 @@ async fn pump(
         };
         if let Some(ev) = out {
             let ev = Ok(ev);
-            // Given back by `StreamHandle::recv`.
-            match room.acquire_many(weight(&ev) as u32).await {
+            // Given back by `StreamHandle::recv`; a dropped handle ends the wait.
+            let permit = tokio::select! {
+                permit = room.acquire_many(weight(&ev) as u32) => permit,
+                () = tx.closed() => return Ok(()),
+            };
+            match permit {
                 Ok(permit) => permit.forget(),
                 Err(_) => return Ok(()),
             }

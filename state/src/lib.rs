@@ -14,6 +14,9 @@
 //!   once; the applied LSN moves when it is flushed). A large batch goes
 //!   through a redo record, so sled's process-wide batch lock is held only a
 //!   chunk at a time and a crash mid-way is finished on the next open.
+//! - A batch too large for memory is built on disk as a [`Provisional`]
+//!   batch (a second tree of the same database) and committed from there,
+//!   atomically through a marker, by [`Store::commit_provisional`].
 //! - Every value goes through [`codec`], which carries a format version: the
 //!   only place that knows the encoding (bincode 2, no longer maintained).
 

@@ -403,13 +403,7 @@ impl Store {
             .insert(META_PROVISIONAL, seal)
             .map_err(io("commit"))?;
         self.db.flush().map_err(io("flush"))?;
-        crate::provisional::apply(
-            &self.db,
-            &self.tree,
-            &provisional.tree,
-            &batch.inner,
-            META_PROVISIONAL,
-        )?;
+        self.apply_provisional(&provisional, &batch.inner)?;
         self.submitted.store(applied.0, Ordering::Release);
         self.applied.store(applied.0, Ordering::Release);
         Ok(())
@@ -427,11 +421,19 @@ impl Store {
             return Err(StateError::Anchored { applied });
         }
         self.wait()?;
+        self.apply_provisional(&provisional, &batch.inner)
+    }
+
+    fn apply_provisional(
+        &self,
+        provisional: &Provisional,
+        seal: &Writes,
+    ) -> Result<(), StateError> {
         crate::provisional::apply(
             &self.db,
             &self.tree,
             &provisional.tree,
-            &batch.inner,
+            seal,
             META_PROVISIONAL,
         )
     }

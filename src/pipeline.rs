@@ -587,6 +587,12 @@ impl<S: Sink> Pipeline<S> {
             };
             match step {
                 Step::Shutdown => {
+                    if self.partial.is_some() {
+                        tracing::info!(
+                            "stopping inside a transaction that arrives in parts: \
+                             it is applied again from its start on restart"
+                        );
+                    }
                     self.flush(stream).await?;
                     self.settle(stream)?;
                     self.checkpoint(opts, stream, false)?;

@@ -204,12 +204,20 @@ async fn pump(
                 let at = Lsn(wal_start.0);
                 let msg =
                     pgoutput::decode(&data).map_err(|source| StreamError::Decode { at, source })?;
-                asm.push(&msg).map_err(framing(at))?;
-                asm.take_part().map(|part| {
-                    sent_in_parts += part.changes.len();
-                    crate::ops::metrics::metrics().changes_decoded(&part.changes);
-                    SourceEvent::Part(part)
-                })
+                match asm.push(&msg).map_err(framing(at))? {
+                    // A Commit sent as a pgoutput message rather than the
+                    // client's own event.
+                    Some(txn) => {
+                        crate::ops::metrics::metrics().transaction_decoded(&txn, sent_in_parts);
+                        sent_in_parts = 0;
+                        Some(SourceEvent::Txn(txn))
+                    }
+                    None => asm.take_part().map(|part| {
+                        sent_in_parts += part.changes.len();
+                        crate::ops::metrics::metrics().changes_decoded(&part.changes);
+                        SourceEvent::Part(part)
+                    }),
+                }
             }
             Some(ReplicationEvent::Commit {
                 lsn,

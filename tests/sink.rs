@@ -118,19 +118,24 @@ async fn batches_are_atomic_name_the_failed_statement_and_never_go_back() {
     assert_eq!(sink.progress().await.unwrap(), Some(Lsn(300)));
 }
 
+/// A database with raa's tables, and a sink whose statements hold at most 2
+/// rows and whose waves hold at most 5.
+async fn small_waves() -> (TestDb, PgSink) {
+    let db = TestDb::new().await;
+    db.init(&Settings::default()).await;
+    let sink = PgSink::new(db.client().await, SLOT, &Settings::default())
+        .await
+        .expect("prepare the sink")
+        .with_wave_limits(2, 5);
+    (db, sink)
+}
+
 /// A large batch is sent in several waves of statements; it is still one
 /// transaction: a failure in any wave leaves nothing, and a success writes
 /// every row of every wave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_sent_in_many_waves_is_still_all_or_nothing() {
-    let db = TestDb::new().await;
-    let settings = Settings::default();
-    db.init(&settings).await;
-    // Statements of at most 2 rows, waves of at most 5 rows.
-    let mut sink = PgSink::new(db.client().await, SLOT, &settings)
-        .await
-        .expect("prepare the sink")
-        .with_wave_limits(2, 5);
+    let (db, mut sink) = small_waves().await;
 
     // One row in every table, and 9 more groups in the first table.
     let first_table = FAMILIES[0].table_name(Level::Subhr);
@@ -211,13 +216,7 @@ impl RowChunks for Chunks {
 /// leaves nothing and does not move the progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_written_in_chunks_is_still_all_or_nothing() {
-    let db = TestDb::new().await;
-    let settings = Settings::default();
-    db.init(&settings).await;
-    let mut sink = PgSink::new(db.client().await, SLOT, &settings)
-        .await
-        .expect("prepare the sink")
-        .with_wave_limits(2, 5);
+    let (db, mut sink) = small_waves().await;
     let rows = rows_everywhere(100);
 
     match sink

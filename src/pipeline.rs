@@ -1060,44 +1060,22 @@ mod tests {
     /// finds nothing queued ends it.
     #[tokio::test(flavor = "current_thread")]
     async fn keepalives_between_queued_transactions_do_not_end_the_batch() {
-        use crate::sink::MemorySink;
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let mut sink = MemorySink::default();
-        let mut p = Pipeline::new(store, Settings::default(), &mut sink).unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut events = Vec::new();
         for i in 1..=10_u64 {
-            let txn = Transaction {
+            events.push(SourceEvent::Txn(Transaction {
                 xid: i as u32,
                 commit_lsn: Lsn(i * 100 - 8),
                 end_lsn: Lsn(i * 100),
                 commit_ts_micros: 0,
                 changes: Vec::new(),
-            };
-            tx.send(Ok(SourceEvent::Txn(txn))).await.unwrap();
-            let idle = SourceEvent::Idle {
+            }));
+            events.push(SourceEvent::Idle {
                 wal_end: Lsn(i * 100),
-            };
-            tx.send(Ok(idle)).await.unwrap();
+            });
         }
-        let mut stream = StreamHandle::queued(rx);
-        let source = SourceConfig {
-            pg: tokio_postgres::Config::new(),
-            slot: SLOT.into(),
-            publication: "raa".into(),
-        };
-        p.drive(
-            &source,
-            &mut stream,
-            &Options::default(),
-            Some(Lsn(1000)),
-            &mut Shutdown::default(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(p.summary.transactions, 10);
-        assert_eq!(p.summary.batches, 1);
-        drop(p);
+        let (summary, sink) = drive_events(events, Some(Lsn(1000)), Options::default()).await;
+        assert_eq!(summary.transactions, 10);
+        assert_eq!(summary.batches, 1);
         assert_eq!(sink.batches, 1);
         assert_eq!(sink.progress, Some(Lsn(1000)));
     }
@@ -1107,6 +1085,7 @@ mod tests {
     async fn drive_events(
         events: Vec<SourceEvent>,
         target: Option<Lsn>,
+        opts: Options,
     ) -> (Summary, crate::sink::MemorySink) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
@@ -1132,16 +1111,20 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
             stop.trigger();
         });
-        let opts = Options {
-            batch_delay: Duration::ZERO,
-            ..Options::default()
-        };
         p.drive(&source, &mut stream, &opts, target, &mut shutdown.clone())
             .await
             .unwrap();
         let summary = p.summary.clone();
         drop(p);
         (summary, sink)
+    }
+
+    /// Options whose batches end as soon as their deadline is checked.
+    fn no_delay() -> Options {
+        Options {
+            batch_delay: Duration::ZERO,
+            ..Options::default()
+        }
     }
 
     /// A transaction in parts is a batch of its own: the batch before it
@@ -1180,7 +1163,7 @@ mod tests {
             part(&[4]),
             SourceEvent::Txn(txn(2, 200, &[5])),
         ];
-        let (summary, sink) = drive_events(in_parts, Some(Lsn(200))).await;
+        let (summary, sink) = drive_events(in_parts, Some(Lsn(200)), no_delay()).await;
         assert_eq!((summary.transactions, summary.changes), (2, 5));
         assert_eq!(summary.transactions_in_parts, 1);
         assert_eq!((summary.batches, sink.batches), (2, 2));
@@ -1189,7 +1172,7 @@ mod tests {
             SourceEvent::Txn(txn(1, 100, &[1])),
             SourceEvent::Txn(txn(2, 200, &[2, 3, 4, 5])),
         ];
-        let (_, reference) = drive_events(whole, Some(Lsn(200))).await;
+        let (_, reference) = drive_events(whole, Some(Lsn(200)), no_delay()).await;
         assert!(!reference.rows.is_empty());
         assert_eq!(sink.rows, reference.rows);
 
@@ -1199,10 +1182,11 @@ mod tests {
             part(&[2, 3]),
             part(&[4]),
         ];
-        let (summary, sink) = drive_events(cut, None).await;
+        let (summary, sink) = drive_events(cut, None, no_delay()).await;
         assert_eq!((summary.batches, sink.batches), (1, 1));
         assert_eq!(sink.progress, Some(Lsn(100)));
-        let (_, first) = drive_events(vec![SourceEvent::Txn(txn(1, 100, &[1]))], None).await;
+        let (_, first) =
+            drive_events(vec![SourceEvent::Txn(txn(1, 100, &[1]))], None, no_delay()).await;
         assert_eq!(sink.rows, first.rows);
     }
 

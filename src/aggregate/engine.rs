@@ -365,17 +365,13 @@ impl Engine {
         }
         let prefix = FactKey::table_prefix(table);
         let mut keys = Vec::new();
-        for item in self.store.scan_keys(Space::Fact, &prefix) {
-            let k = item?;
-            let key = FactKey::decode_key(&k).ok_or(AggregateError::CorruptKey { what: "fact" })?;
-            keys.push(FactKey { table, key });
-        }
-        // Facts this batch added (a key deleted twice is harmless).
-        for item in w
+        // The state's facts, and those this batch spilled (a key deleted
+        // twice is harmless).
+        let spilled = w
             .spilled
             .iter()
-            .flat_map(|p| p.scan_keys(Space::Fact, &prefix))
-        {
+            .flat_map(|p| p.scan_keys(Space::Fact, &prefix));
+        for item in self.store.scan_keys(Space::Fact, &prefix).chain(spilled) {
             let k = item?;
             let key = FactKey::decode_key(&k).ok_or(AggregateError::CorruptKey { what: "fact" })?;
             keys.push(FactKey { table, key });

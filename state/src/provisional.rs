@@ -14,7 +14,7 @@
 //! leaves it to be emptied on the next open; once marked, the next open
 //! finishes applying it (its puts and removes are absolute).
 
-use crate::store::{decode, encode, full_key, io, Batch, Space, StateError, StateKey};
+use crate::store::{decode, encode, full_key, io, space_key, Batch, Space, StateError, StateKey};
 use crate::writer::{Writes, CHUNK};
 use serde::de::DeserializeOwned;
 
@@ -65,8 +65,7 @@ impl Provisional {
         space: Space,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, Option<V>), StateError>> + '_ {
-        let mut full = vec![space as u8];
-        full.extend_from_slice(prefix);
+        let full = space_key(space, prefix);
         self.tree.scan_prefix(full).map(move |item| {
             let (k, v) = item.map_err(io("scan"))?;
             Ok((k[1..].to_vec(), untag(space, &v)?))
@@ -80,8 +79,7 @@ impl Provisional {
         space: Space,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<Vec<u8>, StateError>> + '_ {
-        let mut full = vec![space as u8];
-        full.extend_from_slice(prefix);
+        let full = space_key(space, prefix);
         self.tree
             .scan_prefix(full)
             .keys()

@@ -33,6 +33,14 @@ pub trait StateKey {
     fn encode_key(&self, out: &mut Vec<u8>);
 }
 
+/// `key` (or a prefix) within `space`: its namespace byte first.
+pub(crate) fn space_key(space: Space, key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(key.len() + 1);
+    full.push(space as u8);
+    full.extend_from_slice(key);
+    full
+}
+
 pub(crate) fn full_key<K: StateKey>(key: &K) -> Vec<u8> {
     let mut out = Vec::with_capacity(32);
     out.push(K::SPACE as u8);
@@ -269,8 +277,7 @@ impl Store {
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, V), StateError>> + '_ {
         let failed = self.wait().err().map(Err);
-        let mut full = vec![space as u8];
-        full.extend_from_slice(prefix);
+        let full = space_key(space, prefix);
         failed
             .into_iter()
             .chain(self.tree.scan_prefix(full).map(move |item| {
@@ -287,8 +294,7 @@ impl Store {
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<Vec<u8>, StateError>> + '_ {
         let failed = self.wait().err().map(Err);
-        let mut full = vec![space as u8];
-        full.extend_from_slice(prefix);
+        let full = space_key(space, prefix);
         failed.into_iter().chain(
             self.tree
                 .scan_prefix(full)
@@ -596,10 +602,7 @@ impl Batch {
 
     /// Removes a key as returned by [`Store::scan`] of `space`.
     pub fn remove_raw(&mut self, space: Space, key: &[u8]) {
-        let mut full = Vec::with_capacity(key.len() + 1);
-        full.push(space as u8);
-        full.extend_from_slice(key);
-        self.inner.insert(full, None);
+        self.inner.insert(space_key(space, key), None);
         self.ops += 1;
     }
 

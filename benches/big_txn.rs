@@ -4,7 +4,7 @@
 //! the process's peak resident memory during that run, what it grew by per
 //! change, and verifies the aggregates. The issue-6 bound is 512 MiB
 //! whatever the transaction size; a run above it prints MISSED. sled's page
-//! cache is `RAA_BENCH_CACHE_MB` (default 256, raa's `state_cache_mb`): what
+//! cache is `RAA_BENCH_CACHE_MB` (default raa's `state_cache_mb`, 64): what
 //! stays resident of it counts against the bound too.
 //! Run: `cargo bench --bench big_txn` (or `scripts/bench.sh --only big_txn`).
 

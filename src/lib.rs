@@ -39,5 +39,13 @@ pub mod verify;
 
 pub use raa_state::Lsn;
 
+/// jemalloc instead of glibc's malloc, for every binary that links raa (the
+/// `raa` command, its tests and benchmarks): glibc keeps what a large batch
+/// freed in per-thread arenas, so the resident set grew with the largest
+/// transaction even after the work spilled (README, Performance).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The Info Mart subset DDL (tables raa reads), for tests, demos and load tests.
 pub const INFOMART_SQL: &str = include_str!("../sql/infomart.sql");

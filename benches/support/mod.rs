@@ -79,15 +79,17 @@ impl InfoMart {
     }
 
     /// `raa run` over the state in `state` until it has caught up, with
-    /// `opts` otherwise; sled's cache is `RAA_BENCH_CACHE_MB` (default 256,
-    /// raa's `state_cache_mb`).
+    /// `opts` otherwise; sled's cache is `RAA_BENCH_CACHE_MB` (default raa's
+    /// `state_cache_mb`).
     pub async fn run(&self, state: &Path, opts: Options) -> Summary {
-        let cache_mb: u64 = std::env::var("RAA_BENCH_CACHE_MB")
+        let cache_bytes = std::env::var("RAA_BENCH_CACHE_MB")
             .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256);
-        let store =
-            Arc::new(raa_state::Store::open_with_cache(state, cache_mb << 20).expect("store"));
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or_else(
+                || raa::ops::config::Config::default().state_cache_bytes(),
+                |mb| mb << 20,
+            );
+        let store = Arc::new(raa_state::Store::open_with_cache(state, cache_bytes).expect("store"));
         let sink = PgSink::new(connect(&self.url).await, &self.source.slot, &self.settings)
             .await
             .expect("sink");

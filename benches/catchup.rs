@@ -483,6 +483,10 @@ async fn bench(knobs: Knobs) {
         "raa backfill:                {backfill_secs:.2} s ({} rows read from the snapshot, aggregated and written to all tables)",
         backfill.backfilled_rows
     );
+    println!(
+        "  by stage:                  snapshot read, aggregation and state {:.1} s, rewrite of the tables {:.1} s ({} rows)",
+        backfill.backfill_secs, backfill.resync_secs, backfill.resync_rows
+    );
     let ratio = sql_secs / backfill_secs;
     println!(
         "SQL / raa backfill time:     {ratio:.3} (> 1: raa's backfill is faster; target > 1: {})",

@@ -293,6 +293,12 @@ pub struct Summary {
     pub skipped_transactions: u64,
     /// Rows read from the snapshot by an initial backfill in this run.
     pub backfilled_rows: u64,
+    /// Seconds that backfill took to read, aggregate and store its rows.
+    pub backfill_secs: f64,
+    /// Seconds rewriting the aggregate tables from the whole state after
+    /// it, and the rows written.
+    pub resync_secs: f64,
+    pub resync_rows: u64,
     pub batches: u64,
     pub durable: Lsn,
     /// Seconds applying transactions to the working set (aggregation, state reads).
@@ -392,6 +398,7 @@ pub async fn run<S: Sink>(
         let (store, engine) = (p.store.clone(), &mut p.engine);
         let done = backfill::run(source, &store, engine).await?;
         p.summary.backfilled_rows = done.rows;
+        p.summary.backfill_secs = done.secs;
         p.summary.spilled_batches += done.spilled_chunks;
     }
     match p
@@ -800,14 +807,20 @@ impl<S: Sink> Pipeline<S> {
 
     /// Rewrites the sink from the whole state (after a backfill).
     async fn resync(&mut self, lsn: Lsn) -> Result<(), PipelineError> {
-        let engine = &self.engine;
-        let rows = blocking(|| engine.all_rows())
-            .map_err(|source| PipelineError::Finish { lsn, source })?;
-        tracing::info!(rows = rows.len(), %lsn, "writing the whole state to the aggregate tables");
+        tracing::info!(%lsn, "writing the whole state to the aggregate tables");
+        let started = Instant::now();
+        let mut rows = ChunkedRows {
+            rows: Box::new(self.engine.state_rows()),
+            read: 0,
+        };
         self.sink
-            .replace_all(lsn, &rows)
+            .replace_all(lsn, &mut rows)
             .await
             .map_err(|source| PipelineError::Resync { lsn, source })?;
+        tracing::info!(rows = rows.read, %lsn, "the aggregate tables hold the whole state");
+        self.summary.resync_secs = started.elapsed().as_secs_f64();
+        self.summary.resync_rows = rows.read as u64;
+        crate::ops::metrics::metrics().sink_committed(rows.read, started.elapsed());
         self.sink_progress = Some(lsn);
         let state_err = |source| PipelineError::State { lsn, source };
         let mut done = Batch::default();
@@ -842,7 +855,7 @@ impl<S: Sink> Pipeline<S> {
             self.sink.write(lsn, &out.rows).await.map_err(sink_err)?;
             return Ok(out.rows.len());
         };
-        let mut chunks = SpilledChunks {
+        let mut chunks = ChunkedRows {
             rows: Box::new(spilled_rows(spilled)),
             read: 0,
         };
@@ -965,19 +978,20 @@ struct Partial {
     changes: usize,
 }
 
-/// A spilled batch's output rows for the sink, read from disk a chunk at a time.
-struct SpilledChunks<'a> {
+/// Output rows for the sink read from disk a chunk at a time: a spilled
+/// batch's, or the whole state's after a backfill.
+struct ChunkedRows<'a> {
     rows: Box<dyn Iterator<Item = Result<OutputRow, AggregateError>> + Send + 'a>,
     read: usize,
 }
 
 /// Rows a chunk: the sink's wave.
-const SPILLED_CHUNK: usize = 20_000;
+const ROWS_CHUNK: usize = 20_000;
 
-impl RowChunks for SpilledChunks<'_> {
+impl RowChunks for ChunkedRows<'_> {
     fn next_chunk(&mut self) -> Result<Option<Vec<OutputRow>>, SinkError> {
         let rows = &mut self.rows;
-        let chunk = blocking(|| rows.take(SPILLED_CHUNK).collect::<Result<Vec<_>, _>>())
+        let chunk = blocking(|| rows.take(ROWS_CHUNK).collect::<Result<Vec<_>, _>>())
             .map_err(|e| SinkError::Rows(Box::new(e)))?;
         self.read += chunk.len();
         Ok((!chunk.is_empty()).then_some(chunk))

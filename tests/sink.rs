@@ -264,3 +264,39 @@ async fn a_batch_written_in_chunks_is_still_all_or_nothing() {
         .expect("empty batch");
     assert_eq!(sink.progress().await.unwrap(), Some(Lsn(400)));
 }
+
+/// The rewrite after a backfill reads the whole state a chunk at a time, in
+/// one transaction with the emptying of the tables: a failed read keeps the
+/// tables and the progress as they were; a success leaves exactly its rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_tables_in_chunks_is_all_or_nothing() {
+    let (db, mut sink) = small_waves().await;
+    sink.write(Lsn(200), &rows_everywhere(100))
+        .await
+        .expect("first batch");
+
+    let state = rows_everywhere(300);
+    match sink
+        .replace_all(Lsn(400), &mut Chunks::of(&state, 12, Some(3)))
+        .await
+    {
+        Err(SinkError::Rows(e)) => assert_eq!(e.to_string(), "the disk went away"),
+        other => panic!("a failed read must fail the rewrite, got {other:?}"),
+    }
+    let first_table = FAMILIES[0].table_name(Level::Subhr);
+    let in_bucket =
+        |b: i64| format!("SELECT count(*) FROM {first_table} WHERE date_time_key = {b}");
+    assert_eq!(total_rows(&db).await, 35, "the tables are as they were");
+    assert_eq!(db.count(&in_bucket(100)).await, 1);
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(200)));
+
+    let mut chunks = Chunks::of(&state, 12, None);
+    sink.replace_all(Lsn(400), &mut chunks)
+        .await
+        .expect("rewrite");
+    assert_eq!(chunks.reads, 4, "three chunks and the end");
+    assert_eq!(total_rows(&db).await, 35, "only the state's rows");
+    assert_eq!(db.count(&in_bucket(100)).await, 0, "the old rows are gone");
+    assert_eq!(db.count(&in_bucket(300)).await, 1);
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(400)));
+}

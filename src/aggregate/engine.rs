@@ -740,53 +740,40 @@ pub fn spilled_rows(
     spilled: &Provisional,
 ) -> impl Iterator<Item = Result<OutputRow, AggregateError>> + '_ {
     spilled.scan::<Accum>(Space::Accum, &[]).map(|item| {
-        let (k, acc) = item?;
-        let key = AccumKey::decode(&k).ok_or(AggregateError::CorruptKey {
-            what: "accumulator",
-        })?;
-        let family = FAMILIES
-            .get(usize::from(key.family))
-            .ok_or(AggregateError::CorruptKey {
-                what: "accumulator",
-            })?;
-        Ok(OutputRow {
-            values: acc.and_then(|a| a.output(family)),
-            family: key.family,
-            level: key.level,
-            bucket: key.bucket,
-            group: key.group,
-        })
+        let (key, acc) = item?;
+        accum_row(&key, acc)
+    })
+}
+
+/// The output row of a stored accumulator (`None`: removed in a spill); a
+/// deletion when it holds nothing.
+fn accum_row(key: &[u8], acc: Option<Accum>) -> Result<OutputRow, AggregateError> {
+    let corrupt = || AggregateError::CorruptKey {
+        what: "accumulator",
+    };
+    let key = AccumKey::decode(key).ok_or_else(corrupt)?;
+    let family = FAMILIES.get(usize::from(key.family)).ok_or_else(corrupt)?;
+    Ok(OutputRow {
+        values: acc.and_then(|a| a.output(family)),
+        family: key.family,
+        level: key.level,
+        bucket: key.bucket,
+        group: key.group,
     })
 }
 
 impl Engine {
-    /// Every output row the state holds, for a full rewrite of the sink
-    /// (after a backfill, or when the aggregate tables were reset).
-    pub fn all_rows(&self) -> Result<Vec<OutputRow>, AggregateError> {
-        let mut rows = Vec::new();
-        for item in self.store.scan::<Accum>(Space::Accum, &[]) {
-            let (k, acc) = item?;
-            let key = AccumKey::decode(&k).ok_or(AggregateError::CorruptKey {
-                what: "accumulator",
-            })?;
-            let family =
-                FAMILIES
-                    .get(usize::from(key.family))
-                    .ok_or(AggregateError::CorruptKey {
-                        what: "accumulator",
-                    })?;
-            let Some(values) = acc.output(family) else {
-                continue;
-            };
-            rows.push(OutputRow {
-                family: key.family,
-                level: key.level,
-                bucket: key.bucket,
-                group: key.group,
-                values: Some(values),
-            });
-        }
-        Ok(rows)
+    /// Every output row the state holds, in key order, for a full rewrite of
+    /// the sink (after a backfill): read as the sink takes them, so the
+    /// state is never held in memory whole.
+    pub fn state_rows(&self) -> impl Iterator<Item = Result<OutputRow, AggregateError>> + '_ {
+        self.store
+            .scan::<Accum>(Space::Accum, &[])
+            .map(|item| {
+                let (key, acc) = item?;
+                accum_row(&key, Some(acc))
+            })
+            .filter(|row| !matches!(row, Ok(OutputRow { values: None, .. })))
     }
 
     /// Keys of the facts of `table` the state holds whose period overlaps

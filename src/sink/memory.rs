@@ -41,22 +41,33 @@ impl Sink for MemorySink {
         Ok(())
     }
 
-    /// Reads every chunk first, so a failed read leaves nothing written.
     async fn write_chunks(
         &mut self,
         lsn: Lsn,
         rows: &mut (dyn RowChunks + Send),
     ) -> Result<(), SinkError> {
-        let mut all = Vec::new();
-        while let Some(chunk) = rows.next_chunk()? {
-            all.extend(chunk);
-        }
+        let all = read_all(rows)?;
         self.write(lsn, &all).await
     }
 
-    async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
+    async fn replace_all(
+        &mut self,
+        lsn: Lsn,
+        rows: &mut (dyn RowChunks + Send),
+    ) -> Result<(), SinkError> {
+        let all = read_all(rows)?;
         self.rows.clear();
         self.progress = None;
-        self.write(lsn, rows).await
+        self.write(lsn, &all).await
     }
+}
+
+/// Every chunk, read before anything is written: a failed read leaves the
+/// sink as it was, as PostgreSQL's rollback does.
+fn read_all(rows: &mut (dyn RowChunks + Send)) -> Result<Vec<OutputRow>, SinkError> {
+    let mut all = Vec::new();
+    while let Some(chunk) = rows.next_chunk()? {
+        all.extend(chunk);
+    }
+    Ok(all)
 }

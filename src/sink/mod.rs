@@ -61,9 +61,14 @@ pub trait Sink {
     ) -> Result<(), SinkError>;
 
     /// Replaces the whole content of the aggregate tables with `rows` (all
-    /// upserts) and records `lsn`, in one transaction: after a backfill, the
-    /// state holds rows no batch ever wrote.
-    async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError>;
+    /// upserts, read a chunk at a time: the whole state) and records `lsn`,
+    /// in one transaction: after a backfill, the state holds rows no batch
+    /// ever wrote.
+    async fn replace_all(
+        &mut self,
+        lsn: Lsn,
+        rows: &mut (dyn RowChunks + Send),
+    ) -> Result<(), SinkError>;
 }
 
 /// A batch's rows, read a chunk at a time.
@@ -90,7 +95,11 @@ impl<S: Sink> Sink for &mut S {
         (**self).write_chunks(lsn, rows).await
     }
 
-    async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
+    async fn replace_all(
+        &mut self,
+        lsn: Lsn,
+        rows: &mut (dyn RowChunks + Send),
+    ) -> Result<(), SinkError> {
         (**self).replace_all(lsn, rows).await
     }
 }

@@ -214,8 +214,12 @@ impl Sink for PgSink {
         self.write_in(lsn, Rows::Chunks(rows), false).await
     }
 
-    async fn replace_all(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
-        self.write_in(lsn, Rows::Slice(rows), true).await
+    async fn replace_all(
+        &mut self,
+        lsn: Lsn,
+        rows: &mut (dyn RowChunks + Send),
+    ) -> Result<(), SinkError> {
+        self.write_in(lsn, Rows::Chunks(rows), true).await
     }
 }
 

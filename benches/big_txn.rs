@@ -12,6 +12,7 @@ mod support;
 
 use raa::pipeline::Options;
 use std::time::Instant;
+use support::resident::{mib, status_kib};
 use support::{connect, InfoMart};
 
 /// The bound on resident memory.
@@ -43,7 +44,6 @@ async fn bench(rows: usize) {
         .await
         .expect("verify");
 
-    let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
         "streamed:               {} changes in {} transaction(s), {} batch(es), {secs:.1} s",
         summary.changes, summary.transactions, summary.batches
@@ -79,16 +79,4 @@ fn reset_peak() {
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
         eprintln!("cannot reset the peak resident set ({e}): the peak may predate the run");
     }
-}
-
-/// A `/proc/self/status` field in KiB (0 when the kernel does not report it).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

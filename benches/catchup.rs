@@ -483,10 +483,16 @@ async fn bench(knobs: Knobs) {
         "raa backfill:                {backfill_secs:.2} s ({} rows read from the snapshot, aggregated and written to all tables)",
         backfill.backfilled_rows
     );
-    println!(
-        "  by stage:                  snapshot read, aggregation and state {:.1} s, rewrite of the tables {:.1} s ({} rows)",
-        backfill.backfill_secs, backfill.resync_secs, backfill.resync_rows
-    );
+    if let Some(done) = &backfill.backfill {
+        println!(
+            "  by stage:                  snapshot read {:.1} s, aggregation {:.1} s, state {:.1} s, rewrite of the tables {:.1} s ({} rows)",
+            done.secs - done.aggregate_secs - done.state_secs,
+            done.aggregate_secs,
+            done.state_secs,
+            backfill.resync_secs,
+            backfill.resync_rows
+        );
+    }
     let ratio = sql_secs / backfill_secs;
     println!(
         "SQL / raa backfill time:     {ratio:.3} (> 1: raa's backfill is faster; target > 1: {})",

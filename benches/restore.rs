@@ -11,6 +11,7 @@ use raa::pipeline::{AckPolicy, Checkpoints, Options, Summary};
 use raa::share::Share;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::resident::{mib, status_kib};
 use support::{connect, InfoMart};
 
 fn main() {
@@ -81,21 +82,12 @@ async fn bench(rows: usize) {
         replayed.changes
     );
     println!("verify differences:          {}", diffs.len());
-    println!("peak resident memory:        {}", peak_rss());
+    println!(
+        "peak resident memory:        {:.0} MiB",
+        mib(status_kib("VmHWM"))
+    );
     assert!(
         diffs.is_empty(),
         "aggregates differ from the SQL recomputation"
     );
-}
-
-/// The process's peak resident set (VmHWM), as the kernel reports it.
-fn peak_rss() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l["VmHWM:".len()..].trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }

@@ -15,7 +15,11 @@
 // measures the allocator raa runs with.
 extern crate raa;
 
+#[path = "support/resident.rs"]
+mod resident;
+
 use raa_state::{Batch, Lsn, Space, StateKey, Store};
+use resident::{mib, status_kib};
 use std::time::Instant;
 
 /// The bound on resident memory.
@@ -51,7 +55,7 @@ fn main() {
     let store = Store::open_with_cache(&dir.path().join("state"), cache_mb << 20).expect("store");
 
     let t = Instant::now();
-    let before = resident_mib();
+    let before = mib(status_kib("VmRSS"));
     println!("entries: {entries}, sled cache {cache_mb} MiB, resident before {before:.0} MiB");
     // (entries written, resident MiB) at each million and at the end.
     let mut marks = Vec::new();
@@ -67,7 +71,7 @@ fn main() {
         store.submit(batch, Lsn(0x100 + next)).expect("submit");
         if next % 1_000_000 == 0 || next == entries {
             store.wait().expect("write");
-            let mib = resident_mib();
+            let mib = mib(status_kib("VmRSS"));
             println!(
                 "  {next:>11} entries: {mib:>6.0} MiB resident ({:.0} s)",
                 t.elapsed().as_secs_f64()
@@ -76,7 +80,7 @@ fn main() {
         }
     }
     // Growth over the second half, when the cache has long been full.
-    let (n1, m1) = marks[marks.len() / 2];
+    let (n1, m1) = marks[(marks.len() - 1) / 2];
     let (n2, m2) = *marks.last().expect("at least one mark");
     if n2 > n1 {
         let per_million = (m2 - m1) / ((n2 - n1) as f64 / 1e6);
@@ -96,17 +100,4 @@ fn main() {
         entries as usize + 2,
         "entries, format and applied LSN"
     );
-}
-
-/// The process's resident set in MiB (`/proc/self/status`).
-fn resident_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }

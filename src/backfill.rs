@@ -58,6 +58,10 @@ pub struct Backfilled {
     pub secs: f64,
     /// Chunks whose work outgrew memory and went through the disk.
     pub spilled_chunks: u64,
+    /// Of `secs`, the time aggregating and the time writing the state (the
+    /// rest is the snapshot's read).
+    pub aggregate_secs: f64,
+    pub state_secs: f64,
 }
 
 /// Creates the slot, aggregates every row of the snapshot into `store`
@@ -80,8 +84,14 @@ pub async fn run(
         total += snapshot::count(&reader, spec).await?;
     }
     let progress = Progress::new(total);
-    let mut rows = 0_u64;
-    let mut spilled_chunks = 0;
+    let mut done = Backfilled {
+        lsn: Lsn::ZERO,
+        rows: 0,
+        secs: 0.0,
+        spilled_chunks: 0,
+        aggregate_secs: 0.0,
+        state_secs: 0.0,
+    };
     for spec in order {
         let table = spec.table;
         let mut stream = Box::pin(snapshot::rows(&reader, spec).await?);
@@ -89,14 +99,18 @@ pub async fn run(
         while let Some(tuple) = stream.next().await {
             changes.push(Change::Insert { table, new: tuple? });
             if changes.len() == CHUNK_ROWS {
-                spilled_chunks += apply_chunk(store, engine, table, std::mem::take(&mut changes))?;
-                rows += CHUNK_ROWS as u64;
-                progress.set(rows);
+                apply_chunk(
+                    store,
+                    engine,
+                    table,
+                    std::mem::take(&mut changes),
+                    &mut done,
+                )?;
+                progress.set(done.rows);
             }
         }
-        rows += changes.len() as u64;
-        spilled_chunks += apply_chunk(store, engine, table, changes)?;
-        progress.set(rows);
+        apply_chunk(store, engine, table, changes, &mut done)?;
+        progress.set(done.rows);
     }
     reader
         .batch_execute("COMMIT")
@@ -108,27 +122,26 @@ pub async fn run(
     store.commit(anchor, slot.consistent_point)?;
     drop(slot);
     progress.finish();
-    let done = Backfilled {
-        lsn: store.applied_lsn().unwrap_or_default(),
-        rows,
-        secs: started.elapsed().as_secs_f64(),
-        spilled_chunks,
-    };
-    tracing::info!(rows, secs = format!("{:.1}", done.secs), lsn = %done.lsn, "backfill complete");
+    done.lsn = store.applied_lsn().unwrap_or_default();
+    done.secs = started.elapsed().as_secs_f64();
+    tracing::info!(rows = done.rows, secs = format!("{:.1}", done.secs), lsn = %done.lsn, "backfill complete");
     Ok(done)
 }
 
-/// Aggregates one chunk of snapshot rows into the state; returns 1 if its
-/// work spilled, else 0.
+/// Aggregates one chunk of snapshot rows into the state, counting it in
+/// `done`.
 fn apply_chunk(
     store: &Store,
     engine: &mut Engine,
     table: Table,
     changes: Vec<Change>,
-) -> Result<u64, BackfillError> {
+    done: &mut Backfilled,
+) -> Result<(), BackfillError> {
     if changes.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
+    done.rows += changes.len() as u64;
+    let started = Instant::now();
     let agg = |source| BackfillError::Aggregate {
         table: table.name(),
         source,
@@ -143,18 +156,19 @@ fn apply_chunk(
     let mut work = Work::default();
     engine.apply(&mut work, txn).map_err(agg)?;
     let out = engine.finish(work).map_err(agg)?;
+    let aggregated = Instant::now();
+    done.aggregate_secs += (aggregated - started).as_secs_f64();
     match out.spilled {
         // Rows of long periods (sessions over many sub-hour buckets) can
         // make a chunk's work outgrow memory.
         Some(spilled) => {
             store.write_unanchored_provisional(spilled, out.state)?;
-            Ok(1)
+            done.spilled_chunks += 1;
         }
-        None => {
-            store.write_unanchored(out.state)?;
-            Ok(0)
-        }
+        None => store.write_unanchored(out.state)?,
     }
+    done.state_secs += aggregated.elapsed().as_secs_f64();
+    Ok(())
 }
 
 /// Progress: a bar (rows, rate, ETA) on a terminal, a log line every few

@@ -293,8 +293,8 @@ pub struct Summary {
     pub skipped_transactions: u64,
     /// Rows read from the snapshot by an initial backfill in this run.
     pub backfilled_rows: u64,
-    /// Seconds that backfill took to read, aggregate and store its rows.
-    pub backfill_secs: f64,
+    /// What that backfill did, and its time by stage.
+    pub backfill: Option<backfill::Backfilled>,
     /// Seconds rewriting the aggregate tables from the whole state after
     /// it, and the rows written.
     pub resync_secs: f64,
@@ -398,7 +398,7 @@ pub async fn run<S: Sink>(
         let (store, engine) = (p.store.clone(), &mut p.engine);
         let done = backfill::run(source, &store, engine).await?;
         p.summary.backfilled_rows = done.rows;
-        p.summary.backfill_secs = done.secs;
+        p.summary.backfill = Some(done.clone());
         p.summary.spilled_batches += done.spilled_chunks;
     }
     match p

@@ -2,6 +2,8 @@
 //! guard, connections, a throwaway Info Mart with raa's tables, publication
 //! and dimensions, and one `raa run` of the library pipeline.
 
+pub mod resident;
+
 use raa::aggregate::Settings;
 use raa::embedded::EmbeddedPostgres;
 use raa::loadgen::Generator;

@@ -238,7 +238,6 @@ impl Store {
         }
     }
 
-    /// Reads one value.
     /// Reads one value, as of the newest submitted batch.
     pub fn get<K: StateKey, V: DeserializeOwned>(&self, key: &K) -> Result<Option<V>, StateError> {
         self.get_raw(K::SPACE, &full_key(key))

@@ -47,5 +47,17 @@ pub use raa_state::Lsn;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`: background threads give freed
+/// memory back to the system on their own, ten seconds after it is freed
+/// (jemalloc's decay), instead of only when the process next allocates, so
+/// the resident set follows what raa holds (jemalloc's TUNING.md suggests
+/// them for services). `_RJEM_MALLOC_CONF` in the environment overrides it.
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: Option<&'static std::ffi::c_char> =
+    // SAFETY: a pointer to the first byte of a static, NUL-terminated string.
+    Some(unsafe { &*c"background_thread:true".as_ptr() });
+
 /// The Info Mart subset DDL (tables raa reads), for tests, demos and load tests.
 pub const INFOMART_SQL: &str = include_str!("../sql/infomart.sql");

@@ -55,9 +55,9 @@ const META_PROVISIONAL: &[u8] = &[Space::Meta as u8, b'p'];
 const META_NAMED: u8 = b'n';
 
 /// The page cache [`Store::open`] gives sled: raa's `state_cache_mb`
-/// default. sled holds about 2.4 times it resident (256 MiB held 624 MiB);
-/// catch-up ran as fast with 64 as with 256 (README, Benchmarks).
-const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// default. sled holds a multiple of it resident (256 MiB held 624 MiB);
+/// smaller caches measured no slower (README, Benchmarks).
+const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 /// How long [`Store::open`] waits for a directory lock held by a closing database.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

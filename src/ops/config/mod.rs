@@ -153,8 +153,8 @@ options! {
     publication: String = "raa".into(), check name;
     /// Directory of the state store (the StatefulSet's volume).
     state_dir: PathBuf = "raa-state".into(), check any;
-    /// sled's page cache for the state, in MiB (sled keeps a multiple of it resident: about 2.4x).
-    state_cache_mb: u64 = 64, check positive_u64;
+    /// sled's page cache for the state, in MiB (sled keeps a multiple of it resident).
+    state_cache_mb: u64 = 32, check positive_u64;
     /// Width of sub-hour buckets, in minutes (15 or 30).
     subhr_minutes: i64 = 15, check subhr;
     /// Ring time (seconds) at or under which an accepted invite is within the service level.

@@ -485,7 +485,7 @@ async fn bench(knobs: Knobs) {
     );
     if let Some(done) = &backfill.backfill {
         println!(
-            "  by stage:                  snapshot read {:.1} s, aggregation {:.1} s, state {:.1} s, rewrite of the tables {:.1} s ({} rows)",
+            "  by stage:                  slot and snapshot read {:.1} s, aggregation {:.1} s, state {:.1} s, rewrite of the tables {:.1} s ({} rows)",
             done.secs - done.aggregate_secs - done.state_secs,
             done.aggregate_secs,
             done.state_secs,

@@ -50,6 +50,10 @@ fn main() {
             .unwrap_or(default)
     };
     let entries = env("RAA_BENCH_ENTRIES", 4_000_000);
+    if entries == 0 {
+        eprintln!("RAA_BENCH_ENTRIES must be at least 1");
+        std::process::exit(2);
+    }
     let cache_mb = env("RAA_BENCH_CACHE_MB", 32);
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open_with_cache(&dir.path().join("state"), cache_mb << 20).expect("store");
@@ -80,9 +84,9 @@ fn main() {
         }
     }
     // Growth over the second half, when the cache has long been full.
-    let (n1, m1) = marks[(marks.len() - 1) / 2];
-    let (n2, m2) = *marks.last().expect("at least one mark");
-    if n2 > n1 {
+    let first = marks.get(marks.len().saturating_sub(1) / 2);
+    if let (Some(&(n1, m1)), Some(&(n2, m2))) = (first, marks.last().filter(|l| Some(*l) != first))
+    {
         let per_million = (m2 - m1) / ((n2 - n1) as f64 / 1e6);
         let projected = m2 + per_million * (TEN_M_FACTS_ENTRIES - n2 as f64) / 1e6;
         let verdict = if projected < BOUND_MIB {

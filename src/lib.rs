@@ -40,9 +40,9 @@ pub mod verify;
 pub use raa_state::Lsn;
 
 /// jemalloc instead of glibc's malloc, for every binary that links raa (the
-/// `raa` command, its tests and benchmarks): glibc keeps what a large batch
-/// freed in per-thread arenas, so the resident set grew with the largest
-/// transaction even after the work spilled (README, Performance).
+/// `raa` command, its tests and benchmarks): catch-up took a quarter less
+/// time with it, and glibc kept what a large batch freed in per-thread
+/// arenas (README, Benchmarks, session 10).
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -481,7 +481,7 @@ async fn bench(knobs: Knobs) {
     );
     println!(
         "raa backfill:                {backfill_secs:.2} s ({} rows read from the snapshot, aggregated and written to all tables)",
-        backfill.backfilled_rows
+        backfill.backfilled_rows()
     );
     if let Some(done) = &backfill.backfill {
         println!(

@@ -65,7 +65,7 @@ async fn bench(rows: usize) {
     let (replayed, pod_secs) = run(&im, &dir.path().join("b"), &share).await;
     let diffs = raa::verify::verify(&c, &im.settings).await.expect("verify");
 
-    println!("facts backfilled:            {}", first.backfilled_rows);
+    println!("facts backfilled:            {}", first.backfilled_rows());
     println!("backfill + first checkpoint: {backfill_secs:.1} s");
     println!(
         "checkpoint:                  {:.1} MiB, {} entries, LSN {}",

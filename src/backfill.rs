@@ -50,7 +50,7 @@ pub enum BackfillError {
 }
 
 /// What a backfill did.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Backfilled {
     /// The slot's consistent point: the state's applied LSN.
     pub lsn: Lsn,
@@ -84,14 +84,7 @@ pub async fn run(
         total += snapshot::count(&reader, spec).await?;
     }
     let progress = Progress::new(total);
-    let mut done = Backfilled {
-        lsn: Lsn::ZERO,
-        rows: 0,
-        secs: 0.0,
-        spilled_chunks: 0,
-        aggregate_secs: 0.0,
-        state_secs: 0.0,
-    };
+    let mut done = Backfilled::default();
     for spec in order {
         let table = spec.table;
         let mut stream = Box::pin(snapshot::rows(&reader, spec).await?);

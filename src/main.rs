@@ -461,8 +461,8 @@ async fn run_pipeline(
     let secs = started.elapsed().as_secs_f64();
     raa::ops::telemetry::report(&format!(
         "{}applied {} transactions ({} row changes) in {} batches, {:.1}s ({:.0} changes/s); durable at {}",
-        if summary.backfilled_rows > 0 {
-            format!("backfilled {} rows from the slot's snapshot; ", summary.backfilled_rows)
+        if summary.backfilled_rows() > 0 {
+            format!("backfilled {} rows from the slot's snapshot; ", summary.backfilled_rows())
         } else {
             String::new()
         },

@@ -291,9 +291,8 @@ pub struct Summary {
     pub transactions: u64,
     pub changes: u64,
     pub skipped_transactions: u64,
-    /// Rows read from the snapshot by an initial backfill in this run.
-    pub backfilled_rows: u64,
-    /// What that backfill did, and its time by stage.
+    /// The initial backfill of this run, if any: its rows and its time by
+    /// stage.
     pub backfill: Option<backfill::Backfilled>,
     /// Seconds rewriting the aggregate tables from the whole state after
     /// it, and the rows written.
@@ -315,6 +314,13 @@ pub struct Summary {
     pub spilled_batches: u64,
     /// Transactions that arrived in parts (larger than a part).
     pub transactions_in_parts: u64,
+}
+
+impl Summary {
+    /// Rows read from the snapshot by an initial backfill in this run.
+    pub fn backfilled_rows(&self) -> u64 {
+        self.backfill.as_ref().map_or(0, |b| b.rows)
+    }
 }
 
 /// How much longer than `batch_delay` a batch may grow while transactions
@@ -397,7 +403,6 @@ pub async fn run<S: Sink>(
     if needs_backfill {
         let (store, engine) = (p.store.clone(), &mut p.engine);
         let done = backfill::run(source, &store, engine).await?;
-        p.summary.backfilled_rows = done.rows;
         p.summary.backfill = Some(done.clone());
         p.summary.spilled_batches += done.spilled_chunks;
     }

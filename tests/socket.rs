@@ -41,7 +41,7 @@ async fn a_local_source_streams_over_its_unix_socket() {
         .catch_up_over(&url, &state, &settings, None)
         .await
         .expect("pipeline run over the socket");
-    assert!(first.backfilled_rows > 1_000, "{first:?}");
+    assert!(first.backfilled_rows() > 1_000, "{first:?}");
     db.assert_verified(&settings).await;
     g.week(&mut c, 40, 20).await.unwrap();
     g.chaos(&mut c, 20).await.unwrap();
@@ -50,7 +50,7 @@ async fn a_local_source_streams_over_its_unix_socket() {
         .await
         .expect("pipeline run over the socket");
     assert!(
-        second.changes > 1_000 && second.backfilled_rows == 0,
+        second.changes > 1_000 && second.backfilled_rows() == 0,
         "{second:?}"
     );
     db.assert_verified(&settings).await;

@@ -234,6 +234,18 @@ impl TestDb {
             .expect("count query")
             .get(0)
     }
+
+    /// Rows in all aggregate tables of `settings` (every family, every level).
+    pub async fn aggregate_rows(&self, settings: &Settings) -> i64 {
+        let mut total = 0;
+        for family in raa::aggregate::catalog::FAMILIES {
+            for &level in &settings.levels {
+                let table = family.table_name(level);
+                total += self.count(&format!("SELECT count(*) FROM {table}")).await;
+            }
+        }
+        total
+    }
 }
 
 pub async fn connect(url: &str) -> tokio_postgres::Client {

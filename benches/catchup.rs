@@ -22,7 +22,8 @@
 //! Settings (environment): `RAA_BENCH_ROWS` facts to insert (default
 //! 1,000,000), `RAA_BENCH_TRAFFIC` (`week` | `day`), `RAA_BENCH_TRANSPORT`
 //! (`both` | `tcp` | `socket`), `RAA_BENCH_SCRATCH` (`logged` | `unlogged`),
-//! `RAA_BENCH_BATCH_DELAY_MS`. Run: `cargo bench --bench catchup` or
+//! `RAA_BENCH_BATCH_DELAY_MS`, `RAA_BENCH_BATCH_ENTRIES` (the work bound,
+//! `batch_entries`). Run: `cargo bench --bench catchup` or
 //! `scripts/bench.sh` (see the README).
 
 use raa::aggregate::catalog::FAMILIES;
@@ -64,6 +65,7 @@ struct Knobs {
     transports: Vec<Transport>,
     unlogged: bool,
     batch_delay: Option<Duration>,
+    batch_entries: Option<usize>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -94,12 +96,19 @@ impl Knobs {
         let batch_delay = env("RAA_BENCH_BATCH_DELAY_MS").map(|v| {
             Duration::from_millis(v.parse().expect("RAA_BENCH_BATCH_DELAY_MS: milliseconds"))
         });
+        let batch_entries = env("RAA_BENCH_BATCH_ENTRIES").map(|v| {
+            v.parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .expect("RAA_BENCH_BATCH_ENTRIES: a positive number of entries")
+        });
         Knobs {
             rows,
             week,
             transports,
             unlogged,
             batch_delay,
+            batch_entries,
         }
     }
 }
@@ -159,6 +168,9 @@ impl Bench {
         };
         if let Some(d) = self.knobs.batch_delay {
             opts.batch_delay = d;
+        }
+        if let Some(n) = self.knobs.batch_entries {
+            opts.batch_entries = n;
         }
         let source = self.source(t, slot);
         let run = pipeline::run(
@@ -434,9 +446,13 @@ async fn bench(knobs: Knobs) {
             summary.changes as f64 / raa_secs
         );
         println!(
-            "raa time by stage:           apply {:.1} s, finish {:.1} s, sink {:.1} s, state commit {:.1} s; {} batches",
-            summary.apply_secs, summary.finish_secs, summary.sink_secs, summary.state_secs,
-            summary.batches
+            "raa time by stage:           apply {:.1} s, finish {:.1} s, sink {:.1} s, state commit {:.1} s; {} batches ({} spilled)",
+            summary.apply_secs,
+            summary.finish_secs,
+            summary.sink_secs,
+            summary.state_secs,
+            summary.batches,
+            summary.spilled_batches
         );
         println!(
             "aggregate rows sunk:         {} ({:.2} a change)",
@@ -485,12 +501,13 @@ async fn bench(knobs: Knobs) {
     );
     if let Some(done) = &backfill.backfill {
         println!(
-            "  by stage:                  slot and snapshot read {:.1} s, aggregation {:.1} s, state {:.1} s, rewrite of the tables {:.1} s ({} rows)",
+            "  by stage:                  slot and snapshot read {:.1} s, aggregation {:.1} s, state {:.1} s, rewrite of the tables {:.1} s ({} rows); {} chunks spilled",
             done.secs - done.aggregate_secs - done.state_secs,
             done.aggregate_secs,
             done.state_secs,
             backfill.resync_secs,
-            backfill.resync_rows
+            backfill.resync_rows,
+            done.spilled_chunks
         );
     }
     let ratio = sql_secs / backfill_secs;

@@ -28,8 +28,9 @@ pub const RESYNC_SINK: &str = "resync-sink";
 /// State metadata: the source cluster's system identifier.
 pub const SYSTEM_ID: &str = "source-system-id";
 
-/// Rows applied per state write.
-const CHUNK_ROWS: usize = 20_000;
+/// Snapshot rows aggregated at a time; a chunk (one state write) is as many
+/// slices as fill half the work's bound.
+const SLICE_ROWS: usize = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
@@ -43,6 +44,8 @@ pub enum BackfillError {
         #[source]
         source: AggregateError,
     },
+    #[error("finishing a chunk of the backfill")]
+    Chunk(#[source] AggregateError),
     #[error("writing the backfilled state")]
     State(#[from] StateError),
     #[error("ending the snapshot read")]
@@ -56,7 +59,9 @@ pub struct Backfilled {
     pub lsn: Lsn,
     pub rows: u64,
     pub secs: f64,
-    /// Chunks whose work outgrew memory and went through the disk.
+    /// State writes (see [`run`]), and those whose work outgrew memory and
+    /// went through the disk.
+    pub chunks: u64,
     pub spilled_chunks: u64,
     /// Of `secs`, the time aggregating and the time writing the state (the
     /// rest is the snapshot's read).
@@ -85,26 +90,43 @@ pub async fn run(
     }
     let progress = Progress::new(total);
     let mut done = Backfilled::default();
+    // Chunks end at half the work's bound, as the pipeline's batches do:
+    // sized by state entries, not rows, since a row of a long period touches
+    // hundreds of buckets and one of an instant a handful. A chunk that
+    // outgrew memory would go through the disk twice.
+    let chunk_entries = engine.work_entries() / 2;
+    let mut work = Work::default();
     for spec in order {
         let table = spec.table;
         let mut stream = Box::pin(snapshot::rows(&reader, spec).await?);
-        let mut changes = Vec::with_capacity(CHUNK_ROWS);
-        while let Some(tuple) = stream.next().await {
-            changes.push(Change::Insert { table, new: tuple? });
-            if changes.len() == CHUNK_ROWS {
-                apply_chunk(
-                    store,
-                    engine,
-                    table,
-                    std::mem::take(&mut changes),
-                    &mut done,
-                )?;
+        let mut changes = Vec::with_capacity(SLICE_ROWS);
+        loop {
+            let next = stream.next().await;
+            let end = next.is_none();
+            if let Some(tuple) = next {
+                changes.push(Change::Insert { table, new: tuple? });
+                if changes.len() < SLICE_ROWS {
+                    continue;
+                }
+            }
+            aggregate(
+                engine,
+                &mut work,
+                table,
+                std::mem::take(&mut changes),
+                &mut done,
+            )?;
+            if work.entries() >= chunk_entries || work.is_spilled() {
+                write_chunk(store, engine, std::mem::take(&mut work), &mut done)?;
                 progress.set(done.rows);
             }
+            if end {
+                break;
+            }
         }
-        apply_chunk(store, engine, table, changes, &mut done)?;
-        progress.set(done.rows);
     }
+    write_chunk(store, engine, work, &mut done)?;
+    progress.set(done.rows);
     reader
         .batch_execute("COMMIT")
         .await
@@ -121,11 +143,10 @@ pub async fn run(
     Ok(done)
 }
 
-/// Aggregates one chunk of snapshot rows into the state, counting it in
-/// `done`.
-fn apply_chunk(
-    store: &Store,
+/// Aggregates a slice of snapshot rows into `work`, counting it in `done`.
+fn aggregate(
     engine: &mut Engine,
+    work: &mut Work,
     table: Table,
     changes: Vec<Change>,
     done: &mut Backfilled,
@@ -135,10 +156,6 @@ fn apply_chunk(
     }
     done.rows += changes.len() as u64;
     let started = Instant::now();
-    let agg = |source| BackfillError::Aggregate {
-        table: table.name(),
-        source,
-    };
     let txn = Transaction {
         xid: 0,
         commit_lsn: Lsn::ZERO,
@@ -146,20 +163,40 @@ fn apply_chunk(
         commit_ts_micros: 0,
         changes,
     };
-    let mut work = Work::default();
-    engine.apply(&mut work, txn).map_err(agg)?;
-    let out = engine.finish(work).map_err(agg)?;
+    engine
+        .apply(work, txn)
+        .map_err(|source| BackfillError::Aggregate {
+            table: table.name(),
+            source,
+        })?;
+    done.aggregate_secs += started.elapsed().as_secs_f64();
+    Ok(())
+}
+
+/// Writes a chunk's work to the state (without an applied LSN).
+fn write_chunk(
+    store: &Store,
+    engine: &Engine,
+    work: Work,
+    done: &mut Backfilled,
+) -> Result<(), BackfillError> {
+    if work.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let out = engine.finish(work).map_err(BackfillError::Chunk)?;
     let aggregated = Instant::now();
     done.aggregate_secs += (aggregated - started).as_secs_f64();
     match out.spilled {
-        // Rows of long periods (sessions over many sub-hour buckets) can
-        // make a chunk's work outgrow memory.
+        // A slice of long periods (sessions over many sub-hour buckets) can
+        // make the work outgrow memory before the chunk ends.
         Some(spilled) => {
             store.write_unanchored_provisional(spilled, out.state)?;
             done.spilled_chunks += 1;
         }
         None => store.write_unanchored(out.state)?,
     }
+    done.chunks += 1;
     done.state_secs += aggregated.elapsed().as_secs_f64();
     Ok(())
 }

@@ -29,10 +29,23 @@ async fn random_workloads_match_the_sql_recomputation() {
         g.dimensions(&c).await.unwrap();
         g.day(&mut c, 3_000, 150).await.unwrap();
         g.chaos(&mut c, 60).await.unwrap();
-        let first = db.catch_up(state.path(), &settings).await;
+        // The backfill's work bound makes it several chunks, none spilled
+        // (a chunk ends at half the bound; a slice of 1 000 rows is less).
+        let first = db
+            .catch_up_opts(&db.url, state.path(), &settings, |o| {
+                if backfill {
+                    o.batch_entries = 40_000;
+                }
+            })
+            .await
+            .expect("pipeline run");
         if backfill {
+            let chunks = first.backfill.as_ref().map_or(0, |b| b.chunks);
             assert!(
-                first.backfilled_rows() > 2_000 && first.changes == 0,
+                first.backfilled_rows() > 2_000
+                    && first.changes == 0
+                    && chunks >= 2
+                    && first.spilled_batches == 0,
                 "{first:?}"
             );
             // The tables were rewritten from the state, a chunk at a time:

@@ -133,6 +133,11 @@ impl Work {
         self.facts.len() + self.accums.len() + self.index.len()
     }
 
+    /// Whether the work holds nothing, dimension rows included.
+    pub fn is_empty(&self) -> bool {
+        self.entries() == 0 && self.dims.is_empty() && self.spilled.is_none()
+    }
+
     /// Whether part of the work is on disk; its batch then ends with its
     /// transaction.
     pub fn is_spilled(&self) -> bool {
@@ -871,6 +876,35 @@ mod tests {
             table: Table::SmResSession,
             new: Tuple(ints.iter().map(|&v| Some(Value::Int(v))).collect()),
         }
+    }
+
+    /// A chunk of dimension rows alone (a backfill's first) has no state
+    /// entries but is still work to write.
+    #[test]
+    fn a_work_of_dimension_rows_alone_is_not_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut engine = Engine::open(store, Settings::default()).unwrap();
+        let mut work = Work::default();
+        assert!(work.is_empty());
+        let state = Change::Insert {
+            table: Table::ResourceState,
+            new: Tuple(vec![
+                Some(Value::Int(3)),
+                Some(Value::Text("Ready".into())),
+                Some(Value::Text("Ready".into())),
+            ]),
+        };
+        let txn = Transaction {
+            xid: 1,
+            commit_lsn: Lsn(100),
+            end_lsn: Lsn(108),
+            commit_ts_micros: 0,
+            changes: vec![state],
+        };
+        engine.apply(&mut work, txn).unwrap();
+        assert_eq!(work.entries(), 0);
+        assert!(!work.is_empty());
     }
 
     #[test]

@@ -110,6 +110,26 @@ async fn batches_are_atomic_name_the_failed_statement_and_never_go_back() {
     }
     assert_eq!(total_rows(&db).await, 69);
     assert_eq!(sink.progress().await.unwrap(), Some(Lsn(300)));
+
+    // A sink prepared for the day level alone refuses the batch with a row
+    // of another level, whole, instead of leaving that row out.
+    let day_only = Settings {
+        levels: vec![Level::Day],
+        ..Settings::default()
+    };
+    let mut narrow = PgSink::new(db.client().await, SLOT, &day_only)
+        .await
+        .expect("prepare the day-only sink");
+    let mut rows = rows_everywhere(400);
+    rows.retain(|r| r.level == Level::Day || r.family == 0 && r.level == Level::Year);
+    match narrow.write(Lsn(400), &rows).await {
+        Err(SinkError::Unprepared { table }) => {
+            assert_eq!(table, FAMILIES[0].table_name(Level::Year))
+        }
+        other => panic!("a row outside the sink's tables must be refused, got {other:?}"),
+    }
+    assert_eq!(total_rows(&db).await, 69);
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(300)));
 }
 
 /// A database with raa's tables, and a sink whose statements hold at most 2

@@ -39,6 +39,11 @@ pub enum SinkError {
     },
     #[error("cannot read the batch's rows from its provisional state")]
     Rows(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error(
+        "a row for {table}, which this sink's settings do not include: \
+         the state and the sink disagree on the levels"
+    )]
+    Unprepared { table: String },
     #[error("progress of slot {slot} holds an unreadable LSN {text:?}")]
     BadProgress { slot: String, text: String },
 }

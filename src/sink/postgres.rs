@@ -244,6 +244,12 @@ impl Target {
         }
     }
 
+    fn level(self) -> Level {
+        match self {
+            Target::Upsert(_, l) | Target::Delete(_, l, _) => l,
+        }
+    }
+
     fn what(self) -> String {
         let (verb, level) = match self {
             Target::Upsert(_, l) => ("upsert into", l),
@@ -384,6 +390,14 @@ impl Out<'_, '_> {
         let mut targets: Vec<(Target, Vec<usize>)> = targets.into_iter().collect();
         targets.sort_unstable_by_key(|(t, _)| *t);
         for &(target, _) in &targets {
+            let (Target::Upsert(family, level) | Target::Delete(family, level, _)) = target;
+            if !self.upserts.contains_key(&(family, level)) {
+                // Not this sink's settings: a row lost silently would leave
+                // GCXI a wrong total.
+                return Err(SinkError::Unprepared {
+                    table: target.family().table_name(level),
+                });
+            }
             let Target::Delete(family, level, mask) = target else {
                 continue;
             };
@@ -428,7 +442,10 @@ impl Out<'_, '_> {
                         (self.deletes.get(&(f, l, m)), cols.delete_params(m))
                     }
                 };
-                let Some(stmt) = stmt else { continue };
+                // Every target was checked (and its delete prepared) above.
+                let stmt = stmt.ok_or_else(|| SinkError::Unprepared {
+                    table: target.family().table_name(target.level()),
+                })?;
                 statements.push(execute(self.tx, stmt, params, target.what()));
             }
             let progress = progress.filter(|_| n + 1 == waves.len());

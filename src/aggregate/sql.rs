@@ -50,7 +50,7 @@ impl Family {
     /// with the same columns, in the same order, as the aggregate table.
     ///
     /// An interval family's periods are cut into pieces at the 15-minute grid
-    /// by a lateral `generate_series`, as [`interval::split`] does: each piece
+    /// by a lateral `generate_series`, as [`super::interval::split`] does: each piece
     /// is bucketed by its first second, `secs` is its length within the
     /// (capped) period, and `first` marks the piece where the period starts.
     ///

@@ -472,7 +472,7 @@ pub fn error_kind(e: &PipelineError) -> &'static str {
 const KEY_COUNT_PACE: u32 = 50;
 
 /// Measures, every `every`, the WAL the slot retains and the state's size
-/// (its keys paced by [`KEY_COUNT_PACE`]), until shutdown. A failed
+/// (its keys paced by `KEY_COUNT_PACE`), until shutdown. A failed
 /// measurement is counted and logged, then retried. The store is held
 /// weakly: the pipeline may close and reopen it (after a disk error), and
 /// the poller must not keep the old one open.

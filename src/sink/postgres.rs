@@ -3,7 +3,7 @@
 //! One batch is one transaction: per table, multi-row upserts
 //! (`INSERT … SELECT FROM unnest(…) ON CONFLICT … DO UPDATE`) and multi-row
 //! deletes, then the progress row. The statements are sent in waves of at
-//! most [`WAVE_ROWS`] rows, each wave in one round trip (pipelined): a
+//! most `WAVE_ROWS` rows, each wave in one round trip (pipelined): a
 //! usual batch is one wave, and a large one is never encoded whole.
 //! Statements are prepared once.
 

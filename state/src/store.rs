@@ -130,7 +130,7 @@ impl Store {
     ///
     /// sled releases a directory's lock only once its background flusher has
     /// let go of a dropped database, so a lock conflict is retried for up to
-    /// [`LOCK_WAIT`] before it is reported: another process holds the directory.
+    /// `LOCK_WAIT` before it is reported: another process holds the directory.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
         Store::open_with_cache(dir, DEFAULT_CACHE_BYTES)
     }

@@ -175,7 +175,7 @@ options! {
     shutdown_grace_seconds: u64 = 30, check any;
     /// Log format: "text" (human) or "json" (one object per line).
     log_format: LogFormat = LogFormat::Text, check any;
-    /// The mounted GCXI share: checkpoints of the state go to <share_dir>/<slot>/.
+    /// The mounted GCXI share: checkpoints of the state go to `<share_dir>/<slot>/`.
     share_dir: Option<PathBuf> = None, check any;
     /// Seconds between checkpoints on the share.
     checkpoint_interval_seconds: u64 = 900, check positive_u64;

@@ -110,6 +110,9 @@ impl std::str::FromStr for AckPolicy {
 pub enum Failpoint {
     /// After the run's `n`-th sink commit (from 1), before the state's commit.
     AfterSinkCommit(u64),
+    /// A reaggregation's read fails after `n` slices were applied, as a
+    /// lost connection would; the run goes on.
+    ReaggregateRead(usize),
 }
 
 impl Default for Options {
@@ -774,26 +777,41 @@ impl<S: Sink> Pipeline<S> {
         };
         let lsn = self.applied;
         tracing::info!(from = range.from, to = range.to, %lsn, "reaggregating a time range from the facts");
-        let txn = match source.connect().await {
-            Ok(client) => reaggregate::changes(&client, &self.engine, range, lsn)
-                .await
-                .map_err(|e| format!("{:#}", anyhow::Error::from(e))),
-            Err(e) => Err(format!("cannot connect to the source: {e}")),
+        let fail_after = match self.failpoint {
+            Some(Failpoint::ReaggregateRead(n)) => Some(n),
+            _ => None,
         };
-        let txn = match txn {
-            Ok(t) => t,
+        let applied = match source.connect().await {
+            Ok(client) => {
+                let (engine, work) = (&mut self.engine, &mut self.work);
+                reaggregate::apply(&client, engine, work, range, lsn, fail_after).await
+            }
             Err(e) => {
+                let e = format!("cannot connect to the source: {e}");
                 tracing::warn!(error = %e, "reaggregate failed");
                 let _ = reaggregate::answer(&dir, &format!("error: {e}"));
                 return Ok(());
             }
         };
-        let facts = txn.changes.len();
-        let (engine, work) = (&mut self.engine, &mut self.work);
-        blocking(|| engine.apply(work, txn)).map_err(|source| PipelineError::Aggregate {
-            commit_lsn: lsn,
-            source,
-        })?;
+        let facts = match applied {
+            Ok(n) => n,
+            Err(reaggregate::ReaggregateError::Apply(source)) => {
+                return Err(PipelineError::Aggregate {
+                    commit_lsn: lsn,
+                    source,
+                })
+            }
+            Err(e) => {
+                let e = format!("{:#}", anyhow::Error::from(e));
+                tracing::warn!(error = %e, "reaggregate failed");
+                // The slices applied so far changed the engine's dimension
+                // rows: it starts over from the store, as after a restart.
+                self.work = Work::default();
+                self.reopen_engine(lsn)?;
+                let _ = reaggregate::answer(&dir, &format!("error: {e}"));
+                return Ok(());
+            }
+        };
         let work = std::mem::take(&mut self.work);
         let engine = &self.engine;
         let out = blocking(|| engine.finish(work))
@@ -808,6 +826,17 @@ impl<S: Sink> Pipeline<S> {
         let outcome = format!("ok: {facts} rows re-read, {rows} aggregate rows rewritten at {lsn}");
         tracing::info!(facts, rows, %lsn, "reaggregated");
         reaggregate::answer(&dir, &outcome).map_err(|e| PipelineError::Reaggregate(e.to_string()))
+    }
+
+    /// Replaces the engine (its dimension rows and caches) with one opened
+    /// from the store, as a restart would.
+    fn reopen_engine(&mut self, lsn: Lsn) -> Result<(), PipelineError> {
+        let entries = self.engine.work_entries();
+        let settings = self.engine.settings().clone();
+        self.engine = Engine::open(self.store.clone(), settings)
+            .map_err(|source| PipelineError::Finish { lsn, source })?;
+        self.engine.set_work_entries(entries);
+        Ok(())
     }
 
     /// Rewrites the sink from the whole state (after a backfill).
@@ -1028,7 +1057,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// Runs blocking work (sled, CPU-heavy aggregation) without stalling other
 /// tasks on a multi-threaded runtime; inline on a current-thread one.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),

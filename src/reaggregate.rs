@@ -19,9 +19,9 @@
 //! a catch-up run that handles the request once caught up.
 
 use crate::aggregate::family::Dim;
-use crate::aggregate::Engine;
+use crate::aggregate::{Engine, Work};
 use crate::decode::{Change, Transaction, Tuple};
-use crate::schema::{RowKey, Value, TABLES};
+use crate::schema::{RowKey, Table, Value, TABLES};
 use crate::source::snapshot::{self, SnapshotError};
 use futures_util::StreamExt;
 use raa_state::Lsn;
@@ -48,6 +48,10 @@ pub enum ReaggregateError {
     Read(#[from] SnapshotError),
     #[error("reading the state")]
     Aggregate(#[from] crate::aggregate::AggregateError),
+    #[error("aggregating the re-read rows")]
+    Apply(#[source] crate::aggregate::AggregateError),
+    #[error("the read failed on purpose after {slices} slices (test failpoint)")]
+    Failpoint { slices: usize },
 }
 
 /// A time range `[from, to)` in Unix seconds.
@@ -129,32 +133,48 @@ pub fn result(state_dir: &Path) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
-/// The changes that bring the state's view of `range` (and of every
-/// dimension) to what Info Mart holds now, as one transaction to apply.
-pub async fn changes(
+/// Re-read rows applied at a time: a range is never held whole in memory
+/// (the work itself spills past its bound).
+const SLICE_ROWS: usize = 1_000;
+
+/// Applies to `work` the changes that bring the state's view of `range` (and
+/// of every dimension) to what Info Mart holds now, a slice at a time, as
+/// one transaction at `at`; returns how many changes.
+///
+/// After an error the work and the engine must be dropped: the slices
+/// applied before it changed the engine's dimension rows. With
+/// `fail_after`, the read fails after that many slices (a test hook: a lost
+/// connection).
+pub async fn apply(
     client: &tokio_postgres::Client,
-    engine: &Engine,
+    engine: &mut Engine,
+    work: &mut Work,
     range: Range,
     at: Lsn,
-) -> Result<Transaction, ReaggregateError> {
-    let mut changes = Vec::new();
+    fail_after: Option<usize>,
+) -> Result<usize, ReaggregateError> {
+    let mut out = Slices {
+        engine,
+        work,
+        at,
+        changes: Vec::with_capacity(SLICE_ROWS),
+        applied: 0,
+        slices: 0,
+        fail_after,
+    };
     for spec in TABLES {
         let table = spec.table;
         let mut seen = HashSet::new();
-        let push = |changes: &mut Vec<Change>, seen: &mut HashSet<RowKey>, tuple: Tuple| {
-            if let Some(Some(Value::Int(k))) = tuple.0.first() {
-                seen.insert(RowKey(*k));
-            }
-            changes.push(Change::Insert { table, new: tuple });
-        };
         if Dim::of_table(table).is_some() {
             let mut rows = Box::pin(snapshot::rows(client, spec).await?);
             while let Some(t) = rows.next().await {
-                push(&mut changes, &mut seen, t?);
+                out.found(table, &mut seen, t?)?;
             }
-            for key in engine.dim_keys(table) {
+            // Applied so far or not, the engine holds the dimension rows
+            // read (all seen) and those it held before.
+            for key in out.engine.dim_keys(table) {
                 if !seen.contains(&key) {
-                    changes.push(Change::Delete { table, key });
+                    out.push(Change::Delete { table, key })?;
                 }
             }
             continue;
@@ -169,11 +189,13 @@ pub async fn changes(
         let mut rows =
             Box::pin(snapshot::rows_where(client, spec, overlap, &[&range.from, &range.to]).await?);
         while let Some(t) = rows.next().await {
-            push(&mut changes, &mut seen, t?);
+            out.found(table, &mut seen, t?)?;
         }
         // Keys the state places in the range but the query did not return:
-        // gone, or moved out of the range (then re-read by key).
-        let missing: Vec<i64> = engine
+        // gone, or moved out of the range (then re-read by key). The scan
+        // reads the store, which the work has not changed yet.
+        let missing: Vec<i64> = out
+            .engine
             .fact_keys_in_range(table, range.from, range.to)?
             .into_iter()
             .filter(|k| !seen.contains(k))
@@ -193,22 +215,74 @@ pub async fn changes(
             .await?,
         );
         while let Some(t) = rows.next().await {
-            push(&mut changes, &mut seen, t?);
+            out.found(table, &mut seen, t?)?;
         }
         for key in missing {
             if !seen.contains(&RowKey(key)) {
-                changes.push(Change::Delete {
+                out.push(Change::Delete {
                     table,
                     key: RowKey(key),
-                });
+                })?;
             }
         }
     }
-    Ok(Transaction {
-        xid: 0,
-        commit_lsn: at,
-        end_lsn: at,
-        commit_ts_micros: 0,
-        changes,
-    })
+    out.apply()?;
+    Ok(out.applied)
+}
+
+/// Changes on their way into the work, [`SLICE_ROWS`] at a time.
+struct Slices<'a> {
+    engine: &'a mut Engine,
+    work: &'a mut Work,
+    at: Lsn,
+    changes: Vec<Change>,
+    applied: usize,
+    slices: usize,
+    fail_after: Option<usize>,
+}
+
+impl Slices<'_> {
+    /// A row Info Mart holds: applied as an insert, its key noted in `seen`.
+    fn found(
+        &mut self,
+        table: Table,
+        seen: &mut HashSet<RowKey>,
+        tuple: Tuple,
+    ) -> Result<(), ReaggregateError> {
+        if let Some(Some(Value::Int(k))) = tuple.0.first() {
+            seen.insert(RowKey(*k));
+        }
+        self.push(Change::Insert { table, new: tuple })
+    }
+
+    fn push(&mut self, change: Change) -> Result<(), ReaggregateError> {
+        self.changes.push(change);
+        if self.changes.len() < SLICE_ROWS {
+            return Ok(());
+        }
+        self.apply()
+    }
+
+    fn apply(&mut self) -> Result<(), ReaggregateError> {
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        if self.fail_after == Some(self.slices) {
+            return Err(ReaggregateError::Failpoint {
+                slices: self.slices,
+            });
+        }
+        let changes = std::mem::replace(&mut self.changes, Vec::with_capacity(SLICE_ROWS));
+        self.applied += changes.len();
+        self.slices += 1;
+        let txn = Transaction {
+            xid: 0,
+            commit_lsn: self.at,
+            end_lsn: self.at,
+            commit_ts_micros: 0,
+            changes,
+        };
+        let (engine, work) = (&mut *self.engine, &mut *self.work);
+        crate::pipeline::blocking(|| engine.apply(work, txn)).map_err(ReaggregateError::Apply)
+    }
 }

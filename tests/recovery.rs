@@ -5,6 +5,8 @@ mod support;
 
 use raa::aggregate::Settings;
 use raa::loadgen::Generator;
+use raa::pipeline::Failpoint;
+use raa::reaggregate::{self, Range};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -159,6 +161,50 @@ async fn hidden_changes(db: &TestDb, salt: i64) {
         ))
         .await
         .unwrap();
+}
+
+/// A reaggregation is read and applied a slice at a time. One whose read
+/// fails after a slice was applied leaves nothing in the tables (the hidden
+/// changes differ exactly as before), the run goes on and answers the error,
+/// and the request made again repairs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaggregation_that_fails_midway_leaves_nothing_and_can_be_made_again() {
+    let settings = Settings::default();
+    let db = TestDb::new().await;
+    db.init(&settings).await;
+    let state = tempfile::tempdir().unwrap();
+    let mut c = db.client().await;
+    let mut g = Generator::new(43, DAY);
+    g.dimensions(&c).await.unwrap();
+    g.day(&mut c, 3_000, 200).await.unwrap();
+    db.catch_up(state.path(), &settings).await;
+    hidden_changes(&db, 7).await;
+    let hidden = db.differences(&settings).await;
+    assert!(!hidden.is_empty(), "hidden changes are hidden");
+    // From 2026-01-01: the traffic holds late facts weeks before its day.
+    let range = Range::new(1_767_225_600, DAY + 2 * 86_400).unwrap();
+
+    reaggregate::request(state.path(), range).unwrap();
+    db.catch_up_opts(&db.url, state.path(), &settings, |o| {
+        o.failpoint = Some(Failpoint::ReaggregateRead(1));
+    })
+    .await
+    .expect("a failed reaggregation does not stop the run");
+    let answer = reaggregate::result(state.path()).unwrap_or_default();
+    assert!(
+        answer.starts_with("error:") && answer.contains("after 1 slices"),
+        "{answer}"
+    );
+    assert_eq!(db.differences(&settings).await, hidden);
+
+    // Again, with traffic the stream delivers queued behind it.
+    g.chaos(&mut c, 30).await.unwrap();
+    reaggregate::request(state.path(), range).unwrap();
+    let run = db.catch_up(state.path(), &settings).await;
+    assert!(run.transactions > 0, "{run:?}");
+    let answer = reaggregate::result(state.path()).unwrap_or_default();
+    assert!(answer.starts_with("ok:"), "{answer}");
+    db.assert_verified(&settings).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -679,16 +679,23 @@ impl Engine {
         // hundreds of MB of them through the sink write, and the next batches
         // are unlikely to touch them all again.
         let caching = w.accums.len() <= self.cache_max;
-        for (key, acc) in w.accums {
+        for (mut key, acc) in w.accums {
             let values = put_accum(&mut state, &key, &acc)?;
+            let cached = caching && values.is_some();
+            // The key's group moves into the row unless the cache keeps the key.
+            let group = if cached {
+                key.group.clone()
+            } else {
+                std::mem::take(&mut key.group)
+            };
             rows.push(OutputRow {
                 family: key.family,
                 level: key.level,
                 bucket: key.bucket,
-                group: key.group.clone(),
+                group,
                 values,
             });
-            if caching && rows.last().is_some_and(|r| r.values.is_some()) {
+            if cached {
                 cache.insert(key, acc);
             }
         }

@@ -965,6 +965,7 @@ impl<S: Sink> Pipeline<S> {
             .map_err(|source| PipelineError::Finish { lsn: end, source })?;
         self.summary.finish_secs += started.elapsed().as_secs_f64();
         self.summary.spilled_batches += u64::from(out.spilled.is_some());
+        crate::ops::metrics::metrics().accum_cache(self.engine.cache_bytes());
         // The previous batch is written while the sink's round trip runs.
         self.store.release();
         if self.sink_progress.is_none_or(|p| end > p) {

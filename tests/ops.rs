@@ -185,6 +185,7 @@ async fn run_serves_metrics_and_stops_cleanly_on_sigterm() {
         reached("raa_durable_wal_position_bytes")
             && reached("raa_acknowledged_wal_position_bytes")
             && sample(&scrape, "raa_state_keys").unwrap_or(0.0) > 0.0
+            && sample(&scrape, "raa_accum_cache_bytes").unwrap_or(0.0) > 0.0
     });
     let irf = "raa_changes_decoded_total{op=\"update\",table=\"interaction_resource_fact\"}";
     assert!(sample(&scrape, irf).unwrap_or(0.0) > 0.0, "{scrape}");

@@ -138,6 +138,20 @@ impl Accum {
         Ok(())
     }
 
+    /// An estimate of the heap this accumulator holds, for bounding caches
+    /// by bytes: its vectors' capacity, and its multisets' nodes (a B-tree
+    /// leaf holds up to 11 entries in about 150 bytes).
+    pub fn heap_bytes(&self) -> usize {
+        let sets: usize = self
+            .maxima
+            .iter()
+            .map(|(_, m)| m.len().div_ceil(11) * 150)
+            .sum();
+        self.sums.capacity() * std::mem::size_of::<i64>()
+            + self.maxima.capacity() * std::mem::size_of::<(usize, Multiset)>()
+            + sets
+    }
+
     /// The output row's measure values, or `None` when no fact contributes.
     pub fn output(&self, family: &Family) -> Option<Vec<Option<i64>>> {
         if self.facts <= 0 {

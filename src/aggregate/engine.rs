@@ -165,10 +165,10 @@ pub struct Engine {
     /// Accumulators as the last finished batch left them, so the next batch
     /// need not read and decode them from the store again (the recent buckets
     /// are touched by batch after batch). Emptied when it outgrows
-    /// [`ACCUM_CACHE_MAX`]. It may run ahead of the store only between
+    /// [`ACCUM_CACHE_BYTES`]. It may run ahead of the store only between
     /// `finish` and the pipeline's commit; an error there drops the engine.
-    cache: std::sync::Mutex<FxHashMap<AccumKey, Accum>>,
-    /// [`ACCUM_CACHE_MAX`], smaller in tests.
+    cache: std::sync::Mutex<AccumCache>,
+    /// [`ACCUM_CACHE_BYTES`], smaller in tests.
     cache_max: usize,
     /// See [`Engine::work_entries`].
     work_entries: usize,
@@ -178,8 +178,50 @@ pub struct Engine {
 /// entry, measured with `big_txn`), some 30 000 IRF changes.
 pub const WORK_ENTRIES: usize = 200_000;
 
-/// Accumulators kept in [`Engine`]'s cache (a few hundred bytes each).
-const ACCUM_CACHE_MAX: usize = 300_000;
+/// Bytes of accumulators (estimated: [`AccumCache::footprint`]) kept in
+/// [`Engine`]'s cache. Bytes, not a count: an accumulator with a maximum
+/// holds a multiset, several times the size of one of counts.
+const ACCUM_CACHE_BYTES: usize = 64 << 20;
+
+/// The accumulator cache, with the estimated bytes it holds.
+#[derive(Default)]
+struct AccumCache {
+    map: FxHashMap<AccumKey, Accum>,
+    bytes: usize,
+}
+
+impl AccumCache {
+    /// What one entry holds: the map's slot and the heap behind it.
+    fn footprint(key: &AccumKey, acc: &Accum) -> usize {
+        std::mem::size_of::<(AccumKey, Accum)>()
+            + key.group.capacity() * std::mem::size_of::<Option<i64>>()
+            + acc.heap_bytes()
+    }
+
+    fn take(&mut self, key: &AccumKey) -> Option<Accum> {
+        let (k, acc) = self.map.remove_entry(key)?;
+        self.bytes -= Self::footprint(&k, &acc);
+        Some(acc)
+    }
+
+    fn insert(&mut self, key: AccumKey, acc: Accum) {
+        // Out first: the map would keep the old key, whose size was counted.
+        self.take(&key);
+        self.bytes += Self::footprint(&key, &acc);
+        self.map.insert(key, acc);
+    }
+
+    /// The footprint of every entry, counted again (tests).
+    #[cfg(test)]
+    fn recount(&self) -> usize {
+        self.map.iter().map(|(k, a)| Self::footprint(k, a)).sum()
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+}
 
 const SETTINGS_META: &str = "aggregate-settings";
 
@@ -223,14 +265,19 @@ impl Engine {
             dims,
             zones: HashMap::new(),
             indexed,
-            cache: std::sync::Mutex::new(FxHashMap::default()),
-            cache_max: ACCUM_CACHE_MAX,
+            cache: std::sync::Mutex::new(AccumCache::default()),
+            cache_max: ACCUM_CACHE_BYTES,
             work_entries: WORK_ENTRIES,
         })
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, FxHashMap<AccumKey, Accum>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, AccumCache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Estimated bytes the accumulator cache holds (see [`ACCUM_CACHE_BYTES`]).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache().bytes
     }
 
     pub fn settings(&self) -> &Settings {
@@ -636,7 +683,7 @@ impl Engine {
                     // Spilled empty (removed): as new.
                     return Ok(e.insert(acc.unwrap_or_else(|| Accum::new(family))));
                 }
-                let cached = self.cache().remove(e.key());
+                let cached = self.cache().take(e.key());
                 let acc = match cached {
                     Some(acc) => acc,
                     None => self
@@ -670,15 +717,20 @@ impl Engine {
         // records twice (decoded here and encoded in the state batch).
         encode_records(&mut w, &mut state)?;
         let mut rows = Vec::with_capacity(w.accums.len());
+        let batch_bytes: usize = w
+            .accums
+            .iter()
+            .map(|(k, a)| AccumCache::footprint(k, a))
+            .sum();
         let mut cache = self.cache();
-        if cache.len() + w.accums.len() > self.cache_max {
+        if cache.bytes + batch_bytes > self.cache_max {
             cache.clear();
         }
-        // A batch that alone touches more accumulators than the cache holds
-        // (one large source transaction) is not cached: the cache would hold
-        // hundreds of MB of them through the sink write, and the next batches
-        // are unlikely to touch them all again.
-        let caching = w.accums.len() <= self.cache_max;
+        // A batch whose accumulators alone outgrow the cache (one large
+        // source transaction) is not cached: the cache would hold hundreds
+        // of MB of them through the sink write, and the next batches are
+        // unlikely to touch them all again.
+        let caching = batch_bytes <= self.cache_max;
         for (mut key, acc) in w.accums {
             let values = put_accum(&mut state, &key, &acc)?;
             let cached = caching && values.is_some();
@@ -919,7 +971,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let mut engine = Engine::open(store, Settings::default()).unwrap();
-        engine.cache_max = 10;
+        engine.cache_max = 10; // bytes: less than any accumulator
         let mut work = Work::default();
         // A session in each of 40 hours: more than 10 buckets.
         let txn = Transaction {
@@ -934,10 +986,11 @@ mod tests {
         engine.apply(&mut work, txn.clone()).unwrap();
         let out = engine.finish(work).unwrap();
         assert!(out.rows.len() > 10, "{} rows", out.rows.len());
-        assert_eq!(engine.cache().len(), 0);
+        assert_eq!(engine.cache().map.len(), 0);
+        assert_eq!(engine.cache().bytes, 0);
 
-        // A batch within the cache's size is cached.
-        engine.cache_max = out.rows.len();
+        // A batch within the cache's size is cached, its bytes counted.
+        engine.cache_max = 1 << 20;
         let mut work = Work::default();
         let txn = Transaction {
             commit_lsn: Lsn(200),
@@ -945,9 +998,45 @@ mod tests {
             changes: vec![session(1000, 1_772_841_600, 60)],
             ..txn
         };
-        engine.apply(&mut work, txn).unwrap();
+        engine.apply(&mut work, txn.clone()).unwrap();
         let out = engine.finish(work).unwrap();
         assert!(!out.rows.is_empty());
-        assert_eq!(engine.cache().len(), out.rows.len());
+        assert_eq!(engine.cache().map.len(), out.rows.len());
+        let bytes = engine.cache().bytes;
+        assert!(bytes > 0 && bytes == engine.cache().recount(), "{bytes}");
+
+        // The next batch takes them out and puts them back changed (a
+        // second session in the same buckets): the count stays exact.
+        let mut work = Work::default();
+        let txn = Transaction {
+            commit_lsn: Lsn(300),
+            end_lsn: Lsn(308),
+            changes: vec![session(1001, 1_772_841_600, 90)],
+            ..txn
+        };
+        engine.apply(&mut work, txn.clone()).unwrap();
+        assert_eq!(engine.cache().bytes, 0, "all taken into the work");
+        engine.finish(work).unwrap();
+        let again = engine.cache().bytes;
+        assert!(again > 0 && again == engine.cache().recount(), "{again}");
+
+        // A cache too small for the next batch is emptied first.
+        engine.cache_max = again + 1;
+        let mut work = Work::default();
+        let txn = Transaction {
+            commit_lsn: Lsn(400),
+            end_lsn: Lsn(408),
+            changes: vec![session(1002, 1_772_841_600 + 86_400, 60)],
+            ..txn
+        };
+        engine.apply(&mut work, txn).unwrap();
+        let out = engine.finish(work).unwrap();
+        assert_eq!(
+            engine.cache().map.len(),
+            out.rows.len(),
+            "only the new batch"
+        );
+        let cache = engine.cache();
+        assert_eq!(cache.bytes, cache.recount());
     }
 }

@@ -51,6 +51,7 @@ pub struct Metrics {
     state_commit: Histogram,
     state_size: IntGauge,
     state_keys: IntGauge,
+    accum_cache: IntGauge,
     checkpoint_age: Gauge,
     checkpoint_duration: Histogram,
     slot_retained: IntGauge,
@@ -187,6 +188,11 @@ impl Metrics {
             state_keys: gauge(
                 "raa_state_keys",
                 "Keys in the state store, as last counted (a full scan, repeated no sooner than 50 times its duration later).",
+            ),
+            accum_cache: gauge(
+                "raa_accum_cache_bytes",
+                "Estimated bytes of accumulators kept in memory between batches (at most \
+                 64 MiB).",
             ),
             checkpoint_age: fgauge(
                 "raa_checkpoint_age_seconds",
@@ -360,6 +366,11 @@ impl Metrics {
         if let Some(keys) = keys {
             self.state_keys.set(keys as i64);
         }
+    }
+
+    /// After each batch: what the engine's accumulator cache holds.
+    pub fn accum_cache(&self, bytes: usize) {
+        self.accum_cache.set(bytes as i64);
     }
 
     pub fn slot_retained(&self, bytes: i64) {

@@ -275,7 +275,7 @@ impl Engine {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Estimated bytes the accumulator cache holds (see [`ACCUM_CACHE_BYTES`]).
+    /// Estimated bytes the accumulator cache holds (at most 64 MiB).
     pub fn cache_bytes(&self) -> usize {
         self.cache().bytes
     }

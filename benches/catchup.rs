@@ -23,7 +23,8 @@
 //! 1,000,000), `RAA_BENCH_TRAFFIC` (`week` | `day`), `RAA_BENCH_TRANSPORT`
 //! (`both` | `tcp` | `socket`), `RAA_BENCH_SCRATCH` (`logged` | `unlogged`),
 //! `RAA_BENCH_BATCH_DELAY_MS`, `RAA_BENCH_BATCH_ENTRIES` (the work bound,
-//! `batch_entries`). Run: `cargo bench --bench catchup` or
+//! `batch_entries`), `RAA_BENCH_SQL_JIT` (`off` | `on`: PostgreSQL's JIT for
+//! the SQL recomputation; off by default, its fastest here). Run: `cargo bench --bench catchup` or
 //! `scripts/bench.sh` (see the README).
 
 use raa::aggregate::catalog::FAMILIES;
@@ -66,6 +67,11 @@ struct Knobs {
     unlogged: bool,
     batch_delay: Option<Duration>,
     batch_entries: Option<usize>,
+    /// `jit` for the SQL recomputation's session. Off by default: compiling
+    /// the 35 queries cost more than it saved (10.1 s against 6.4 s at
+    /// 100 000 facts, 6.2 against 2.7 s at 30 000), and the reference should
+    /// be PostgreSQL at its fastest.
+    sql_jit: bool,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -102,6 +108,11 @@ impl Knobs {
                 .filter(|&n| n > 0)
                 .expect("RAA_BENCH_BATCH_ENTRIES: a positive number of entries")
         });
+        let sql_jit = match env("RAA_BENCH_SQL_JIT").as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(other) => panic!("RAA_BENCH_SQL_JIT: on or off, not {other:?}"),
+        };
         Knobs {
             rows,
             week,
@@ -109,6 +120,7 @@ impl Knobs {
             unlogged,
             batch_delay,
             batch_entries,
+            sql_jit,
         }
     }
 }
@@ -303,6 +315,10 @@ async fn recompute(c: &tokio_postgres::Client, b: &Bench) -> (f64, Vec<(String, 
         .expect("scratch table");
     }
     c.batch_execute("CHECKPOINT").await.expect("checkpoint");
+    let jit = if b.knobs.sql_jit { "on" } else { "off" };
+    c.batch_execute(&format!("SET jit = {jit}"))
+        .await
+        .expect("set jit");
     // Every reference query maps unknown zones to UTC through
     // pg_timezone_names, which PostgreSQL builds by reading the zone files.
     let t = Instant::now();
@@ -482,8 +498,9 @@ async fn bench(knobs: Knobs) {
     } else {
         "regular (logged)"
     };
+    let jit = if b.knobs.sql_jit { "on" } else { "off" };
     println!(
-        "SQL INSERT ... SELECT ... GROUP BY: {sql_secs:.2} s for all {} tables, into {scratch} scratch tables with the aggregate tables' unique keys",
+        "SQL INSERT ... SELECT ... GROUP BY: {sql_secs:.2} s for all {} tables, into {scratch} scratch tables with the aggregate tables' unique keys (jit = {jit})",
         tables(&b.settings).len()
     );
     let parts: Vec<String> = sql_per_family

@@ -15,7 +15,7 @@ use crate::aggregate::family::Dim;
 use crate::aggregate::{AggregateError, Engine, Work};
 use crate::decode::{Change, Transaction};
 use crate::schema::{Table, TABLES};
-use crate::source::snapshot::{self, SnapshotError};
+use crate::source::snapshot::{self, SnapshotError, SLICE_ROWS};
 use crate::source::SourceConfig;
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,10 +28,6 @@ use std::time::{Duration, Instant};
 pub const RESYNC_SINK: &str = "resync-sink";
 /// State metadata: the source cluster's system identifier.
 pub const SYSTEM_ID: &str = "source-system-id";
-
-/// Snapshot rows aggregated at a time; a chunk (one state write) is as many
-/// slices as fill half the work's bound.
-const SLICE_ROWS: usize = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
@@ -91,7 +87,8 @@ pub async fn run(
     }
     let progress = Progress::new(total);
     let mut done = Backfilled::default();
-    // Chunks end at half the work's bound, as the pipeline's batches do:
+    // Rows are aggregated SLICE_ROWS at a time; a chunk (one state write)
+    // ends at half the work's bound, as the pipeline's batches do:
     // sized by state entries, not rows, since a row of a long period touches
     // hundreds of buckets and one of an instant a handful. A chunk that
     // outgrew memory would go through the disk twice.
@@ -166,15 +163,8 @@ fn aggregate(
     }
     done.rows += changes.len() as u64;
     let started = Instant::now();
-    let txn = Transaction {
-        xid: 0,
-        commit_lsn: Lsn::ZERO,
-        end_lsn: Lsn::ZERO,
-        commit_ts_micros: 0,
-        changes,
-    };
     engine
-        .apply(work, txn)
+        .apply(work, Transaction::read_at(Lsn::ZERO, changes))
         .map_err(|source| BackfillError::Aggregate {
             table: table.name(),
             source,

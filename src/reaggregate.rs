@@ -22,7 +22,7 @@ use crate::aggregate::family::Dim;
 use crate::aggregate::{Engine, Work};
 use crate::decode::{Change, Transaction, Tuple};
 use crate::schema::{RowKey, Table, Value, TABLES};
-use crate::source::snapshot::{self, SnapshotError};
+use crate::source::snapshot::{self, SnapshotError, SLICE_ROWS};
 use futures_util::StreamExt;
 use raa_state::Lsn;
 use std::collections::HashSet;
@@ -133,13 +133,10 @@ pub fn result(state_dir: &Path) -> Option<String> {
         .map(|t| t.trim().to_owned())
 }
 
-/// Re-read rows applied at a time: a range is never held whole in memory
-/// (the work itself spills past its bound).
-const SLICE_ROWS: usize = 1_000;
-
 /// Applies to `work` the changes that bring the state's view of `range` (and
-/// of every dimension) to what Info Mart holds now, a slice at a time, as
-/// one transaction at `at`; returns how many changes.
+/// of every dimension) to what Info Mart holds now, [`SLICE_ROWS`] at a time
+/// (the work spills past its bound, so a range of any size fits), as one
+/// transaction at `at`; returns how many changes.
 ///
 /// After an error the work and the engine must be dropped: the slices
 /// applied before it changed the engine's dimension rows. With
@@ -275,13 +272,7 @@ impl Slices<'_> {
         let changes = std::mem::replace(&mut self.changes, Vec::with_capacity(SLICE_ROWS));
         self.applied += changes.len();
         self.slices += 1;
-        let txn = Transaction {
-            xid: 0,
-            commit_lsn: self.at,
-            end_lsn: self.at,
-            commit_ts_micros: 0,
-            changes,
-        };
+        let txn = Transaction::read_at(self.at, changes);
         let (engine, work) = (&mut *self.engine, &mut *self.work);
         crate::pipeline::blocking(|| engine.apply(work, txn)).map_err(ReaggregateError::Apply)
     }

@@ -39,6 +39,21 @@ pub struct Transaction {
     pub changes: Vec<Change>,
 }
 
+impl Transaction {
+    /// Rows raa read itself with SQL (a backfill's snapshot, a
+    /// reaggregation's range), applied as one transaction at `at`: no xid,
+    /// no commit time.
+    pub fn read_at(at: Lsn, changes: Vec<Change>) -> Transaction {
+        Transaction {
+            xid: 0,
+            commit_lsn: at,
+            end_lsn: at,
+            commit_ts_micros: 0,
+            changes,
+        }
+    }
+}
+
 /// The leading changes of a large transaction, before its Commit (see
 /// [`TxnAssembler::take_part`]); its [`Transaction`] follows with the rest.
 #[derive(Clone, Debug, PartialEq, Eq)]

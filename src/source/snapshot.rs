@@ -150,6 +150,10 @@ pub async fn count(client: &Client, spec: &'static TableSpec) -> Result<u64, Sna
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// Rows read with SQL (a backfill's, a reaggregation's) that are handed to
+/// the engine at a time: what a query returns is never held whole.
+pub const SLICE_ROWS: usize = 1_000;
+
 /// Streams every row of `spec` as a tuple in the spec's column order.
 pub async fn rows(
     client: &Client,

@@ -60,8 +60,8 @@ pub struct Backfilled {
     /// went through the disk.
     pub chunks: u64,
     pub spilled_chunks: u64,
-    /// Of `secs`, the time aggregating and the time writing the state (the
-    /// rest is the snapshot's read).
+    /// Of `secs`, the time aggregating and the time waiting for the state
+    /// writer (the rest is the snapshot's read).
     pub aggregate_secs: f64,
     pub state_secs: f64,
 }
@@ -103,6 +103,9 @@ pub async fn run(
             // state, which the next start finds and clears (the crash test
             // counts on seeing that happen).
             write_chunk(store, engine, std::mem::take(&mut work), &mut done)?;
+            let started = Instant::now();
+            store.wait()?;
+            done.state_secs += started.elapsed().as_secs_f64();
             dims_written = true;
         }
         let mut stream = Box::pin(snapshot::rows(&reader, spec).await?);
@@ -141,7 +144,10 @@ pub async fn run(
     let mut anchor = Batch::default();
     anchor.put_meta(RESYNC_SINK, &true)?;
     anchor.put_meta(SYSTEM_ID, &slot.system_id)?;
+    // Also waits for the last chunks.
+    let anchoring = Instant::now();
     store.commit(anchor, slot.consistent_point)?;
+    done.state_secs += anchoring.elapsed().as_secs_f64();
     drop(slot);
     progress.finish();
     done.lsn = store.applied_lsn().unwrap_or_default();
@@ -173,7 +179,9 @@ fn aggregate(
     Ok(())
 }
 
-/// Writes a chunk's work to the state (without an applied LSN).
+/// Hands a chunk's work to the state (without an applied LSN); only the
+/// wait for the chunk before (or the whole write, if it spilled) counts as
+/// state time.
 fn write_chunk(
     store: &Store,
     engine: &Engine,
@@ -194,7 +202,9 @@ fn write_chunk(
             store.write_unanchored_provisional(spilled, out.state)?;
             done.spilled_chunks += 1;
         }
-        None => store.write_unanchored(out.state)?,
+        // Written while the next chunk is aggregated: the anchoring commit
+        // waits for it.
+        None => store.submit_unanchored(out.state)?,
     }
     done.chunks += 1;
     done.state_secs += aggregated.elapsed().as_secs_f64();

@@ -7,13 +7,15 @@
 //! 3. `end` is acknowledged to the server.
 //!
 //! Step 2 runs on the state's writer thread. While transactions are queued
-//! (catching up), the batch is handed over held: readable at once, written
-//! while the next batch's sink transaction runs, because the writer's sled
-//! batches would stop the next batch's aggregation reads (it ran 5x slower
-//! beside them). With nothing queued it is released at once. So the sink may
-//! run up to two batches ahead of the durable state; each step 2 waits for
-//! the one before. A crash between 1 and 2 leaves the sink ahead of the
-//! state. On restart the stream resumes from the state's LSN, the state
+//! (catching up), step 1 runs beside the next batch's aggregation: the sink
+//! transaction in a task of its own, the state batch staged *unconfirmed*
+//! (readable at once, written only once that sink transaction has
+//! committed, dropped if the run ends first). The next batch's end confirms
+//! it, and the writer writes it while the batch after is aggregated and
+//! sunk. With nothing queued, step 1 is awaited and the state batch
+//! released at once. So the sink may run up to three batches ahead of the
+//! durable state, never behind it; each step 2 waits for the one before. A
+//! crash between 1 and 2 leaves the sink ahead of the state. On restart the stream resumes from the state's LSN, the state
 //! re-applies those transactions (reaching the same accumulators), and their
 //! sink writes are skipped while `end` ≤ the sink's progress: the tables
 //! already hold them.
@@ -468,8 +470,11 @@ pub async fn run<S: Sink>(
         .drive(source, &mut stream, &opts, target, &mut shutdown)
         .await;
     stream.stop().await;
+    if result.is_err() {
+        p.abandon().await;
+    }
     result?;
-    Ok(p.summary)
+    Ok(std::mem::take(&mut p.summary))
 }
 
 struct Pipeline<S> {
@@ -492,6 +497,9 @@ struct Pipeline<S> {
     failpoint: Option<Failpoint>,
     /// Sink commits in this run (the failpoint counts these).
     sink_commits: u64,
+    /// The batch whose sink write runs beside aggregation; its state is
+    /// staged unconfirmed until [`Pipeline::confirm_sink`].
+    sink_pending: Option<PendingSink>,
     /// The source cluster's identifier, recorded in checkpoints.
     system_id: String,
     /// The oldest checkpoint retained on the share: with
@@ -527,6 +535,7 @@ impl<S: Sink> Pipeline<S> {
             summary: Summary::default(),
             failpoint: None,
             sink_commits: 0,
+            sink_pending: None,
             system_id: String::new(),
             checkpointed: None,
             last_checkpoint: None,
@@ -563,20 +572,20 @@ impl<S: Sink> Pipeline<S> {
         let mut reaggregate = reaggregate::pending(self.store.path()).map_or(true, |r| r.is_some());
         loop {
             if self.batch_started.is_none() && stream.is_empty() {
-                // Nothing to aggregate: the held batch need not wait.
+                // Nothing to aggregate: the batch before need not wait.
+                self.confirm_sink().await?;
                 self.store.release();
             }
-            if reaggregate
-                && self.batch_end.is_none()
-                && self.partial.is_none()
-                && self.sink_progress == Some(self.applied)
-            {
-                reaggregate = false;
-                self.reaggregate(source).await?;
+            if reaggregate && self.batch_end.is_none() && self.partial.is_none() {
+                self.confirm_sink().await?;
+                if self.sink_progress == Some(self.applied) {
+                    reaggregate = false;
+                    self.reaggregate(source).await?;
+                }
             }
             if target.is_some_and(|t| self.applied >= t) && !reaggregate {
-                self.settle(stream)?;
-                self.checkpoint(opts, stream, false)?;
+                self.settle(stream).await?;
+                self.checkpoint(opts, stream, false).await?;
                 return Ok(());
             }
             // While more transactions are already waiting (catching up), a
@@ -609,15 +618,15 @@ impl<S: Sink> Pipeline<S> {
                         );
                     }
                     self.flush(stream).await?;
-                    self.settle(stream)?;
-                    self.checkpoint(opts, stream, false)?;
+                    self.settle(stream).await?;
+                    self.checkpoint(opts, stream, false).await?;
                     tracing::info!(durable = %self.applied, "stopped");
                     return Ok(());
                 }
                 Step::Deadline => self.flush(stream).await?,
                 Step::CheckpointRequest => {
                     self.flush(stream).await?;
-                    self.checkpoint(opts, stream, true)?;
+                    self.checkpoint(opts, stream, true).await?;
                 }
                 Step::ReaggregateRequest => {
                     self.flush(stream).await?;
@@ -628,7 +637,7 @@ impl<S: Sink> Pipeline<S> {
                 Step::Event(Some(Ok(SourceEvent::Part(part)))) => {
                     if opts.stop_at.is_some_and(|s| part.commit_lsn >= s) {
                         self.flush(stream).await?;
-                        return self.settle(stream);
+                        return self.settle(stream).await;
                     }
                     self.apply_part(part, stream).await?;
                 }
@@ -636,7 +645,7 @@ impl<S: Sink> Pipeline<S> {
                     if opts.stop_at.is_some_and(|s| txn.end_lsn > s) {
                         // A transaction in parts, if any, is left unapplied.
                         self.flush(stream).await?;
-                        return self.settle(stream);
+                        return self.settle(stream).await;
                     }
                     let (end, xid) = (txn.end_lsn, txn.xid);
                     let partial = self.partial.take();
@@ -683,7 +692,7 @@ impl<S: Sink> Pipeline<S> {
                     }
                 }
             }
-            self.checkpoint(opts, stream, false)?;
+            self.checkpoint(opts, stream, false).await?;
         }
     }
 
@@ -719,7 +728,8 @@ impl<S: Sink> Pipeline<S> {
 
     /// Waits until the last batch is durable, then acknowledges it: before
     /// the pipeline stops or reports where it stands.
-    fn settle(&mut self, stream: &StreamHandle) -> Result<(), PipelineError> {
+    async fn settle(&mut self, stream: &StreamHandle) -> Result<(), PipelineError> {
+        self.confirm_sink().await?;
         let store = &self.store;
         blocking(|| store.wait()).map_err(|source| PipelineError::State {
             lsn: self.applied,
@@ -732,7 +742,7 @@ impl<S: Sink> Pipeline<S> {
 
     /// Writes a checkpoint to the share when one is due (or `now`): between
     /// batches, so the state is not changing under it.
-    fn checkpoint(
+    async fn checkpoint(
         &mut self,
         opts: &Options,
         stream: &StreamHandle,
@@ -750,6 +760,8 @@ impl<S: Sink> Pipeline<S> {
         if !(now || due) || self.newest_checkpoint >= Some(self.applied) {
             return Ok(());
         }
+        // A checkpoint holds what the state holds: all of it written.
+        self.confirm_sink().await?;
         let started = Instant::now();
         let (store, id) = (&self.store, &self.system_id);
         let info = blocking(|| c.share.write(store, id))?;
@@ -900,6 +912,59 @@ impl<S: Sink> Pipeline<S> {
         Ok(chunks.read)
     }
 
+    /// Waits for the sink write submitted beside aggregation, if any; once
+    /// it has committed, its state batch may be written.
+    async fn confirm_sink(&mut self) -> Result<(), PipelineError> {
+        let Some(pending) = self.sink_pending.take() else {
+            return Ok(());
+        };
+        let lsn = pending.lsn;
+        let waited = Instant::now();
+        let confirmed = self.sink.confirm().await;
+        self.summary.sink_secs += waited.elapsed().as_secs_f64();
+        confirmed.map_err(|source| PipelineError::Sink { lsn, source })?;
+        self.sink_committed(lsn, pending.rows, pending.started.elapsed())?;
+        self.store.confirm();
+        crate::ops::metrics::metrics().state_committed(lsn, pending.state_took);
+        Ok(())
+    }
+
+    /// Books a sink commit of the batch ending at `end`.
+    fn sink_committed(
+        &mut self,
+        end: Lsn,
+        rows: usize,
+        took: Duration,
+    ) -> Result<(), PipelineError> {
+        self.sink_progress = Some(end);
+        self.summary.sink_rows += rows as u64;
+        crate::ops::metrics::metrics().sink_committed(rows, took);
+        self.sink_commits += 1;
+        let here = Failpoint::AfterSinkCommit(self.sink_commits);
+        if self.failpoint == Some(here) {
+            return Err(PipelineError::Failpoint(here));
+        }
+        tracing::debug!(%end, rows, ms = took.as_millis() as u64, "sink committed");
+        Ok(())
+    }
+
+    /// After a failed run: waits for a sink write still running, so a
+    /// restart reads the sink's progress after it, and drops its state batch
+    /// unwritten (the restart replays it, skipping the sink if it committed).
+    async fn abandon(&mut self) {
+        if let Some(pending) = self.sink_pending.take() {
+            match self.sink.confirm().await {
+                Ok(_) => {
+                    tracing::info!(lsn = %pending.lsn, "the last sink write committed; its state batch is replayed on restart")
+                }
+                Err(e) => {
+                    tracing::info!(lsn = %pending.lsn, error = %e, "the last sink write failed")
+                }
+            }
+        }
+        self.store.discard_unconfirmed();
+    }
+
     /// Applies the leading changes of a large transaction. Its batch holds
     /// it alone: the batch before ends first, and [`Pipeline::flush`] waits
     /// for its commit (a stop before it drops the changes applied so far).
@@ -966,43 +1031,74 @@ impl<S: Sink> Pipeline<S> {
         self.summary.finish_secs += started.elapsed().as_secs_f64();
         self.summary.spilled_batches += u64::from(out.spilled.is_some());
         crate::ops::metrics::metrics().accum_cache(self.engine.cache_bytes());
-        // The previous batch is written while the sink's round trip runs.
+        // The batch before: its sink commit, then its state may be written,
+        // while this batch's sink transaction runs.
+        self.confirm_sink().await?;
         self.store.release();
+        // Beside the next batch's aggregation while more is queued; a
+        // spilled batch's rows are read from the disk as they are sent.
+        let beside = !stream.is_empty() && out.spilled.is_none();
         if self.sink_progress.is_none_or(|p| end > p) {
-            let started = Instant::now();
-            let rows = self.write_sink(end, &out).await?;
-            self.sink_progress = Some(end);
             out.state
                 .put_meta(SINK_WRITTEN, &true)
                 .map_err(|source| PipelineError::State { lsn: end, source })?;
-            self.summary.sink_secs += started.elapsed().as_secs_f64();
-            self.summary.sink_rows += rows as u64;
-            crate::ops::metrics::metrics().sink_committed(rows, started.elapsed());
-            self.sink_commits += 1;
-            let here = Failpoint::AfterSinkCommit(self.sink_commits);
-            if self.failpoint == Some(here) {
-                return Err(PipelineError::Failpoint(here));
+            let started = Instant::now();
+            if beside {
+                let rows = out.rows.len();
+                let sent = self.sink.submit(end, std::mem::take(&mut out.rows)).await;
+                sent.map_err(|source| PipelineError::Sink { lsn: end, source })?;
+                self.sink_pending = Some(PendingSink {
+                    lsn: end,
+                    rows,
+                    started,
+                    state_took: Duration::ZERO,
+                });
+            } else {
+                let rows = self.write_sink(end, &out).await?;
+                self.sink_committed(end, rows, started.elapsed())?;
             }
-            tracing::debug!(%end, rows, ms = started.elapsed().as_millis() as u64, "sink committed");
+            self.summary.sink_secs += started.elapsed().as_secs_f64();
         }
-        // Held until the next batch is aggregated (see the module docs); only
-        // waiting for the previous one counts here.
+        // Held until the next batch is aggregated, or until its sink commit
+        // (see the module docs); only waiting for the previous one counts here.
         let store = &self.store;
         let started = Instant::now();
+        let unconfirmed = self.sink_pending.is_some();
         let submitted = blocking(|| match out.spilled {
             // Written now: it is not in memory for the next batch to read.
             Some(spilled) => store.commit_provisional(spilled, out.state, end),
+            None if unconfirmed => store.stage_unconfirmed(out.state, end),
             None => store.stage(out.state, end),
         });
         self.summary.state_secs += started.elapsed().as_secs_f64();
         submitted.map_err(|source| PipelineError::State { lsn: end, source })?;
-        crate::ops::metrics::metrics().state_committed(end, started.elapsed());
+        match &mut self.sink_pending {
+            Some(pending) => pending.state_took = started.elapsed(),
+            None => crate::ops::metrics::metrics().state_committed(end, started.elapsed()),
+        }
         self.applied = end;
         self.summary.batches += 1;
         self.last_commit = Instant::now();
         self.ack(stream);
         Ok(())
     }
+}
+
+impl<S> Drop for Pipeline<S> {
+    /// However the run ended (an error, a cancelled future, a panic): a
+    /// state batch whose sink commit was never confirmed is not written.
+    fn drop(&mut self) {
+        self.store.discard_unconfirmed();
+    }
+}
+
+/// A sink write submitted beside aggregation, not yet confirmed.
+struct PendingSink {
+    lsn: Lsn,
+    rows: usize,
+    started: Instant,
+    /// How long its state batch waited for the one before.
+    state_took: Duration,
 }
 
 /// A transaction arriving in parts (see [`SourceEvent::Part`]).
@@ -1168,6 +1264,127 @@ mod tests {
         (summary, sink)
     }
 
+    /// An agent session of a minute, `key` hours into a day.
+    fn session(key: i64) -> crate::decode::Change {
+        use crate::schema::{Table, Value};
+        let start = 1_772_841_600 + key * 3_600;
+        let ints = [key, 1, 7, 1, start, start + 60, 60];
+        crate::decode::Change::Insert {
+            table: Table::SmResSession,
+            new: crate::decode::Tuple(ints.iter().map(|&v| Some(Value::Int(v))).collect()),
+        }
+    }
+
+    /// A memory sink whose writes are submitted, and whose write at `fail`
+    /// is found failed only when it is confirmed, as a PostgreSQL commit
+    /// running beside aggregation would be.
+    struct FailsAtConfirm {
+        inner: crate::sink::MemorySink,
+        fail: Lsn,
+        submitted: Vec<Lsn>,
+        running: Option<Lsn>,
+    }
+
+    impl Sink for FailsAtConfirm {
+        async fn progress(&mut self) -> Result<Option<Lsn>, SinkError> {
+            self.inner.progress().await
+        }
+        async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
+            self.inner.write(lsn, rows).await
+        }
+        async fn write_chunks(
+            &mut self,
+            lsn: Lsn,
+            rows: &mut (dyn RowChunks + Send),
+        ) -> Result<(), SinkError> {
+            self.inner.write_chunks(lsn, rows).await
+        }
+        async fn replace_all(
+            &mut self,
+            lsn: Lsn,
+            rows: &mut (dyn RowChunks + Send),
+        ) -> Result<(), SinkError> {
+            self.inner.replace_all(lsn, rows).await
+        }
+        async fn submit(&mut self, lsn: Lsn, rows: Vec<OutputRow>) -> Result<(), SinkError> {
+            self.submitted.push(lsn);
+            self.running = Some(lsn);
+            if lsn == self.fail {
+                return Ok(());
+            }
+            self.inner.write(lsn, &rows).await
+        }
+        async fn confirm(&mut self) -> Result<Option<Lsn>, SinkError> {
+            match self.running.take() {
+                Some(lsn) if lsn == self.fail => Err(SinkError::WriteTaskLost),
+                running => Ok(running),
+            }
+        }
+    }
+
+    /// While transactions are queued, a batch's sink write runs beside the
+    /// next batch's aggregation; when it fails, the state stays at the batch
+    /// before, level with the sink, though the next batch read it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sink_write_beside_aggregation_that_fails_leaves_the_state_level_with_the_sink() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut sink = FailsAtConfirm {
+            inner: crate::sink::MemorySink::default(),
+            fail: Lsn(300),
+            submitted: Vec::new(),
+            running: None,
+        };
+        let mut p = Pipeline::new(store.clone(), Settings::default(), &mut sink).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        for i in 1..=5_u64 {
+            let txn = Transaction {
+                xid: i as u32,
+                commit_lsn: Lsn(i * 100 - 8),
+                end_lsn: Lsn(i * 100),
+                commit_ts_micros: 0,
+                // The same row each time: every batch reads the one before.
+                changes: vec![session(1), session(i as i64)],
+            };
+            tx.send(Ok(SourceEvent::Txn(txn))).await.unwrap();
+        }
+        let mut stream = StreamHandle::queued(rx);
+        let source = SourceConfig {
+            pg: tokio_postgres::Config::new(),
+            slot: SLOT.into(),
+            publication: "raa".into(),
+        };
+        let opts = Options {
+            batch_changes: 1,
+            ..no_delay()
+        };
+        let shutdown = Shutdown::default();
+        let e = p
+            .drive(
+                &source,
+                &mut stream,
+                &opts,
+                Some(Lsn(500)),
+                &mut shutdown.clone(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, PipelineError::Sink { lsn: Lsn(300), .. }),
+            "{e}"
+        );
+        p.abandon().await;
+        drop(p);
+        store.wait().unwrap();
+        assert_eq!(sink.submitted, [Lsn(100), Lsn(200), Lsn(300)]);
+        assert_eq!(sink.inner.progress, Some(Lsn(200)));
+        assert_eq!(
+            store.applied_lsn(),
+            Some(Lsn(200)),
+            "the state follows its sink"
+        );
+    }
+
     /// Options whose batches end as soon as their deadline is checked.
     fn no_delay() -> Options {
         Options {
@@ -1182,16 +1399,6 @@ mod tests {
     /// commit leaves nothing of it.
     #[tokio::test(flavor = "current_thread")]
     async fn a_transaction_in_parts_is_one_batch_of_its_own() {
-        use crate::decode::{Change, Tuple};
-        use crate::schema::{Table, Value};
-        let session = |key: i64| {
-            let start = 1_772_841_600 + key * 3_600;
-            let ints = [key, 1, 7, 1, start, start + 60, 60];
-            Change::Insert {
-                table: Table::SmResSession,
-                new: Tuple(ints.iter().map(|&v| Some(Value::Int(v))).collect()),
-            }
-        };
         let txn = |xid: u32, end: u64, keys: &[i64]| Transaction {
             xid,
             commit_lsn: Lsn(end - 8),

@@ -314,3 +314,39 @@ async fn replacing_the_tables_in_chunks_is_all_or_nothing() {
     assert_eq!(db.count(&in_bucket(300)).await, 1);
     assert_eq!(sink.progress().await.unwrap(), Some(Lsn(400)));
 }
+
+/// A submitted write runs in a task of its own and returns before it
+/// commits; confirming reports its outcome, a failure included, and the
+/// connection comes back for the next write either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_write_is_confirmed_with_its_outcome_and_hands_the_connection_back() {
+    let db = TestDb::new().await;
+    let settings = Settings::default();
+    db.init(&settings).await;
+    let mut sink = PgSink::new(db.client().await, SLOT, &settings)
+        .await
+        .expect("prepare the sink");
+    assert_eq!(sink.confirm().await.unwrap(), None, "nothing submitted");
+
+    sink.submit(Lsn(200), rows_everywhere(100)).await.unwrap();
+    assert_eq!(sink.confirm().await.unwrap(), Some(Lsn(200)));
+    assert_eq!(total_rows(&db).await, 35);
+    assert_eq!(sink.confirm().await.unwrap(), None, "confirmed once");
+
+    // Refused behind the progress: the error comes with the confirmation.
+    sink.submit(Lsn(150), rows_everywhere(200)).await.unwrap();
+    match sink.confirm().await {
+        Err(SinkError::ProgressRegressed { recorded, lsn, .. }) => {
+            assert_eq!((recorded, lsn), (Lsn(200), Lsn(150)));
+        }
+        other => panic!("a write behind the progress must be refused, got {other:?}"),
+    }
+    assert_eq!(total_rows(&db).await, 35);
+
+    // Any other call waits for a submitted write first.
+    sink.submit(Lsn(300), rows_everywhere(300)).await.unwrap();
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(300)));
+    assert_eq!(total_rows(&db).await, 70);
+    sink.write(Lsn(400), &rows_everywhere(400)).await.unwrap();
+    assert_eq!(total_rows(&db).await, 105);
+}

@@ -46,6 +46,8 @@ pub enum SinkError {
     Unprepared { table: String },
     #[error("progress of slot {slot} holds an unreadable LSN {text:?}")]
     BadProgress { slot: String, text: String },
+    #[error("the sink's write task ended without handing its connection back")]
+    WriteTaskLost,
 }
 
 /// Where aggregate rows go.
@@ -74,6 +76,21 @@ pub trait Sink {
         lsn: Lsn,
         rows: &mut (dyn RowChunks + Send),
     ) -> Result<(), SinkError>;
+
+    /// Starts [`Sink::write`] of a batch and, where the sink can, returns
+    /// before it is durable: the caller goes on while the database works,
+    /// and [`Sink::confirm`] waits for it. One at a time: any other call
+    /// first waits for the write submitted before. By default, a plain write.
+    async fn submit(&mut self, lsn: Lsn, rows: Vec<OutputRow>) -> Result<(), SinkError> {
+        self.write(lsn, &rows).await
+    }
+
+    /// Waits for the write [`Sink::submit`]ted last, if it is still running:
+    /// its LSN once it is durable, or its error. `None` when none was
+    /// running.
+    async fn confirm(&mut self) -> Result<Option<Lsn>, SinkError> {
+        Ok(None)
+    }
 }
 
 /// A batch's rows, read a chunk at a time.
@@ -106,5 +123,13 @@ impl<S: Sink> Sink for &mut S {
         rows: &mut (dyn RowChunks + Send),
     ) -> Result<(), SinkError> {
         (**self).replace_all(lsn, rows).await
+    }
+
+    async fn submit(&mut self, lsn: Lsn, rows: Vec<OutputRow>) -> Result<(), SinkError> {
+        (**self).submit(lsn, rows).await
+    }
+
+    async fn confirm(&mut self) -> Result<Option<Lsn>, SinkError> {
+        (**self).confirm().await
     }
 }

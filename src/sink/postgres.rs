@@ -6,6 +6,11 @@
 //! most `WAVE_ROWS` rows, each wave in one round trip (pipelined): a
 //! usual batch is one wave, and a large one is never encoded whole.
 //! Statements are prepared once.
+//!
+//! [`Sink::submit`] runs the transaction in a task of its own, so the
+//! pipeline aggregates the next batch while PostgreSQL maintains the
+//! aggregate tables' indexes (half of a catch-up's time, done one after the
+//! other before). The connection moves into the task and back.
 
 use super::{RowChunks, Sink, SinkError};
 use crate::aggregate::catalog::FAMILIES;
@@ -13,6 +18,7 @@ use crate::aggregate::family::Family;
 use crate::aggregate::{Level, OutputRow, Settings};
 use raa_state::Lsn;
 use std::collections::HashMap;
+use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
@@ -40,6 +46,17 @@ pub fn ddl(settings: &Settings) -> String {
 type NullMask = u32;
 
 pub struct PgSink {
+    /// The connection and its statements; `None` while a write task has it.
+    conn: Option<Conn>,
+    /// The submitted write: its LSN and its task, which hands `conn` back.
+    in_flight: Option<(Lsn, WriteTask)>,
+}
+
+/// A write running in a task of its own; it hands the connection back.
+type WriteTask = JoinHandle<(Conn, Result<(), SinkError>)>;
+
+/// The connection and its prepared statements.
+struct Conn {
     client: Client,
     slot: String,
     upserts: HashMap<(u16, Level), Statement>,
@@ -79,7 +96,7 @@ impl PgSink {
             )
             .await
             .map_err(sql_err("prepare progress update"))?;
-        Ok(PgSink {
+        let conn = Conn {
             client,
             slot: slot.to_owned(),
             upserts,
@@ -87,7 +104,18 @@ impl PgSink {
             progress_stmt,
             statement_rows: STATEMENT_ROWS,
             wave_rows: WAVE_ROWS,
+        };
+        Ok(PgSink {
+            conn: Some(conn),
+            in_flight: None,
         })
+    }
+
+    /// The connection, once the submitted write (if any) has handed it back.
+    /// Its error is the write's, reported once.
+    async fn conn(&mut self) -> Result<&mut Conn, SinkError> {
+        self.confirm().await?;
+        self.conn.as_mut().ok_or(SinkError::WriteTaskLost)
     }
 }
 
@@ -199,11 +227,15 @@ impl Columns {
 
 impl Sink for PgSink {
     async fn progress(&mut self) -> Result<Option<Lsn>, SinkError> {
-        read_progress(&self.client, &self.slot).await
+        let conn = self.conn().await?;
+        read_progress(&conn.client, &conn.slot).await
     }
 
     async fn write(&mut self, lsn: Lsn, rows: &[OutputRow]) -> Result<(), SinkError> {
-        self.write_in(lsn, Rows::Slice(rows), false).await
+        self.conn()
+            .await?
+            .write_in(lsn, Rows::Slice(rows), false)
+            .await
     }
 
     async fn write_chunks(
@@ -211,7 +243,10 @@ impl Sink for PgSink {
         lsn: Lsn,
         rows: &mut (dyn RowChunks + Send),
     ) -> Result<(), SinkError> {
-        self.write_in(lsn, Rows::Chunks(rows), false).await
+        self.conn()
+            .await?
+            .write_in(lsn, Rows::Chunks(rows), false)
+            .await
     }
 
     async fn replace_all(
@@ -219,7 +254,37 @@ impl Sink for PgSink {
         lsn: Lsn,
         rows: &mut (dyn RowChunks + Send),
     ) -> Result<(), SinkError> {
-        self.write_in(lsn, Rows::Chunks(rows), true).await
+        self.conn()
+            .await?
+            .write_in(lsn, Rows::Chunks(rows), true)
+            .await
+    }
+
+    async fn submit(&mut self, lsn: Lsn, rows: Vec<OutputRow>) -> Result<(), SinkError> {
+        self.conn().await?;
+        let Some(mut conn) = self.conn.take() else {
+            return Err(SinkError::WriteTaskLost);
+        };
+        let task = tokio::spawn(async move {
+            let written = conn.write_in(lsn, Rows::Slice(&rows), false).await;
+            (conn, written)
+        });
+        self.in_flight = Some((lsn, task));
+        Ok(())
+    }
+
+    async fn confirm(&mut self) -> Result<Option<Lsn>, SinkError> {
+        let Some((lsn, task)) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        match task.await {
+            Ok((conn, written)) => {
+                self.conn = Some(conn);
+                written.map(|()| Some(lsn))
+            }
+            // A panic in the task: the connection is gone with it.
+            Err(_) => Err(SinkError::WriteTaskLost),
+        }
     }
 }
 
@@ -293,11 +358,15 @@ impl PgSink {
     /// Test hook: smaller statements and waves, so a small batch spans several.
     #[doc(hidden)]
     pub fn with_wave_limits(mut self, statement_rows: usize, wave_rows: usize) -> PgSink {
-        self.statement_rows = statement_rows.max(1);
-        self.wave_rows = wave_rows.max(1);
+        if let Some(conn) = &mut self.conn {
+            conn.statement_rows = statement_rows.max(1);
+            conn.wave_rows = wave_rows.max(1);
+        }
         self
     }
+}
 
+impl Conn {
     /// One sink transaction; with `replace`, the aggregate tables are emptied
     /// first (DELETE, not TRUNCATE: GCXI readers keep seeing the old rows
     /// until the commit instead of waiting on a lock).

@@ -12,8 +12,9 @@
 //!   applied atomically: [`Store::commit`] returns once it is flushed,
 //!   [`Store::submit`] once a background writer has it (reads see it at
 //!   once; the applied LSN moves when it is flushed). A large batch goes
-//!   through a redo record, so sled's process-wide batch lock is held only a
-//!   chunk at a time and a crash mid-way is finished on the next open.
+//!   through a redo record, so it is applied one write at a time beside
+//!   reads, not under sled's process-wide batch lock, and a crash mid-way is
+//!   finished on the next open.
 //! - A batch too large for memory is built on disk as a [`Provisional`]
 //!   batch (a second tree of the same database) and committed from there,
 //!   atomically through a marker, by [`Store::commit_provisional`].

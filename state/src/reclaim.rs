@@ -19,6 +19,26 @@ pub(crate) fn apply(tree: &sled::Tree, batch: sled::Batch, writes: usize) -> sle
     Ok(())
 }
 
+/// Applies `writes` one by one, not as one batch, then frees what they
+/// deferred. Why: sled 0.34's `apply_batch` takes a process-wide write lock
+/// that stops every read for its whole length, while single writes share it
+/// with reads; the caller makes the writes atomic another way (a redo
+/// record, see the writer).
+pub(crate) fn apply_each<'a>(
+    tree: &sled::Tree,
+    writes: impl ExactSizeIterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
+) -> sled::Result<()> {
+    let n = writes.len();
+    for (k, v) in writes {
+        match v {
+            Some(v) => tree.insert(k.as_slice(), v.as_slice())?,
+            None => tree.remove(k.as_slice())?,
+        };
+    }
+    after_writes(n);
+    Ok(())
+}
+
 /// Runs the collector enough times to free what `writes` writes can have
 /// deferred (8 each, more than a node copy and an evicted page), plus
 /// anything older that had to wait for a reader to unpin. It costs a pin and

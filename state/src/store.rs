@@ -4,7 +4,8 @@ use crate::checkpoint::{self, CheckpointError, CheckpointInfo};
 use crate::codec::{self, CodecError, FORMAT_VERSION};
 use crate::lsn::Lsn;
 use crate::provisional::Provisional;
-use crate::writer::{Writer, Writes};
+use crate::writer::{Hold, WaitError, Writer, Writes};
+use itertools::{EitherOrBoth, Itertools};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +110,18 @@ pub enum StateError {
          without a redo record, so a crash in it would leave that state half-changed"
     )]
     Anchored { applied: Lsn },
+    #[error(
+        "the state batch at {lsn:?} waits for its sink commit to be confirmed: \
+         it must be confirmed or discarded first"
+    )]
+    Unconfirmed { lsn: Option<Lsn> },
+}
+
+fn wait_err(e: WaitError) -> StateError {
+    match e {
+        WaitError::Failed(op, source) => StateError::Io { op, source },
+        WaitError::Unconfirmed(lsn) => StateError::Unconfirmed { lsn },
+    }
 }
 
 /// The state store. Cheap to share by reference; all writes go through
@@ -263,11 +276,10 @@ impl Store {
     }
 
     /// Waits for the batch in flight; its error if the write failed (the
-    /// store must then be dropped and reopened).
+    /// store must then be dropped and reopened), or if the batch is staged
+    /// unconfirmed (which only confirming or discarding ends).
     pub fn wait(&self) -> Result<(), StateError> {
-        self.writer
-            .wait()
-            .map_err(|(op, source)| StateError::Io { op, source })
+        self.writer.wait().map_err(wait_err)
     }
 
     /// Iterates the values of `space` whose encoded key starts with `prefix`,
@@ -277,14 +289,10 @@ impl Store {
         space: Space,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, V), StateError>> + '_ {
-        let failed = self.wait().err().map(Err);
-        let full = space_key(space, prefix);
-        failed
-            .into_iter()
-            .chain(self.tree.scan_prefix(full).map(move |item| {
-                let (k, v) = item.map_err(io("scan"))?;
-                Ok((k[1..].to_vec(), decode(space, &v)?))
-            }))
+        self.scan_raw(space, prefix).map(move |item| {
+            let (k, v) = item?;
+            Ok((k[1..].to_vec(), decode(space, &v)?))
+        })
     }
 
     /// Iterates the keys of `space` starting with `prefix`, without their
@@ -294,14 +302,48 @@ impl Store {
         space: Space,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<Vec<u8>, StateError>> + '_ {
-        let failed = self.wait().err().map(Err);
+        self.scan_raw(space, prefix)
+            .map(|item| item.map(|(k, _)| k[1..].to_vec()))
+    }
+
+    /// The entries under `space` and `prefix` in key order, as of the newest
+    /// batch handed over: the tree read under the batches in flight, if any.
+    /// Why not wait for them instead: one staged unconfirmed must stay
+    /// unwritten until its sink commit, and one held for release would be
+    /// written while the caller aggregates.
+    fn scan_raw(
+        &self,
+        space: Space,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), StateError>> + '_ {
+        let failed = self
+            .writer
+            .failed()
+            .map(|(op, source)| Err(StateError::Io { op, source }));
         let full = space_key(space, prefix);
-        failed.into_iter().chain(
-            self.tree
-                .scan_prefix(full)
-                .keys()
-                .map(|k| k.map(|k| k[1..].to_vec()).map_err(io("scan"))),
-        )
+        // The batches' writes under the prefix; a newer batch's win.
+        let mut overlay = Writes::new();
+        for writes in self.writer.overlays() {
+            let under = writes
+                .range(full.clone()..)
+                .take_while(|(k, _)| k.starts_with(&full));
+            overlay.extend(under.map(|(k, v)| (k.clone(), v.clone())));
+        }
+        let tree = self.tree.scan_prefix(full).map(|i| i.map_err(io("scan")));
+        let merged = tree
+            .merge_join_by(overlay, |t, (k, _)| match t {
+                Ok((tk, _)) => tk.as_ref().cmp(k.as_slice()),
+                // Passed on at once.
+                Err(_) => std::cmp::Ordering::Less,
+            })
+            .filter_map(|m| match m {
+                EitherOrBoth::Left(t) => Some(t),
+                // The batch's put or remove wins.
+                EitherOrBoth::Right((k, v)) | EitherOrBoth::Both(_, (k, v)) => {
+                    v.map(|v| Ok((k.into(), v.into())))
+                }
+            });
+        failed.into_iter().chain(merged)
     }
 
     /// Applies `batch` and the new applied LSN atomically, then flushes to
@@ -315,19 +357,19 @@ impl Store {
     }
 
     /// Like [`Store::commit`], but returns once the batch is handed to the
-    /// background writer (after the previous one is durable): reads see it at
-    /// once, [`Store::applied_lsn`] moves when it is flushed. A failed write
-    /// is reported by the next submit or [`Store::wait`].
+    /// background writer (once fewer than two batches are in flight): reads
+    /// see it at once, [`Store::applied_lsn`] moves when it is flushed. A
+    /// failed write is reported by the next submit or [`Store::wait`].
     pub fn submit(&self, batch: Batch, applied: Lsn) -> Result<(), StateError> {
-        self.hand_over(batch, applied, false)
+        self.hand_over(batch, applied, Hold::No)
     }
 
     /// Like [`Store::submit`], but the writer starts on the batch only once
     /// [`Store::release`]d, or when the store is next waited on, submitted
-    /// to or closed. Reads see it at once. For a caller about to aggregate
-    /// the next batch: the writer's sled batches would stop its reads.
+    /// to or closed. Reads see it at once. For a caller that wants the
+    /// writer idle while it aggregates the next batch.
     pub fn stage(&self, batch: Batch, applied: Lsn) -> Result<(), StateError> {
-        self.hand_over(batch, applied, true)
+        self.hand_over(batch, applied, Hold::Release)
     }
 
     /// Lets the writer start on a [`Store::stage`]d batch.
@@ -335,7 +377,36 @@ impl Store {
         self.writer.release();
     }
 
-    fn hand_over(&self, mut batch: Batch, applied: Lsn, held: bool) -> Result<(), StateError> {
+    /// Like [`Store::stage`], but written only once [`Store::confirm`]ed:
+    /// for a batch whose sink transaction is still running, which the state
+    /// must never get ahead of. Nothing else lets it be written: waiting on
+    /// the store, submitting or committing is refused with
+    /// [`StateError::Unconfirmed`] until it is confirmed or discarded, and
+    /// closing the store drops it unwritten.
+    pub fn stage_unconfirmed(&self, batch: Batch, applied: Lsn) -> Result<(), StateError> {
+        self.hand_over(batch, applied, Hold::Confirm)
+    }
+
+    /// Lets the writer start on a batch [`Store::stage_unconfirmed`]d: its
+    /// sink transaction has committed.
+    pub fn confirm(&self) {
+        self.writer.confirm();
+    }
+
+    /// Drops a batch staged unconfirmed, unwritten (its sink transaction
+    /// failed, or its outcome is unknown): reads no longer see it, and the
+    /// LSN it was to reach may be submitted again. Whether there was one.
+    pub fn discard_unconfirmed(&self) -> bool {
+        let Some(newest) = self.writer.discard() else {
+            return false;
+        };
+        let durable = Lsn(self.applied.load(Ordering::Acquire));
+        let submitted = newest.unwrap_or(durable).max(durable);
+        self.submitted.store(submitted.0, Ordering::Release);
+        true
+    }
+
+    fn hand_over(&self, mut batch: Batch, applied: Lsn, hold: Hold) -> Result<(), StateError> {
         let current = Lsn(self.submitted.load(Ordering::Acquire));
         if applied < current {
             return Err(StateError::LsnBackwards {
@@ -347,8 +418,8 @@ impl Store {
             .inner
             .insert(META_APPLIED.to_vec(), Some(encode(Space::Meta, &applied)?));
         self.writer
-            .submit(batch.inner, Some(applied), held)
-            .map_err(|(op, source)| StateError::Io { op, source })?;
+            .submit(batch.inner, Some(applied), hold)
+            .map_err(wait_err)?;
         self.submitted.store(applied.0, Ordering::Release);
         Ok(())
     }
@@ -359,14 +430,21 @@ impl Store {
     /// so the batch is not atomic (no redo record), and a store that has an
     /// applied LSN refuses it.
     pub fn write_unanchored(&self, batch: Batch) -> Result<(), StateError> {
+        self.submit_unanchored(batch)?;
+        self.wait()
+    }
+
+    /// [`Store::write_unanchored`], returning once the writer has the batch
+    /// (as [`Store::submit`]): a backfill aggregates its next chunk while
+    /// this one is written.
+    pub fn submit_unanchored(&self, batch: Batch) -> Result<(), StateError> {
         let applied = Lsn(self.submitted.load(Ordering::Acquire));
         if applied != Lsn::ZERO {
             return Err(StateError::Anchored { applied });
         }
         self.writer
-            .submit(batch.inner, None, false)
-            .map_err(|(op, source)| StateError::Io { op, source })?;
-        self.wait()
+            .submit(batch.inner, None, Hold::No)
+            .map_err(wait_err)
     }
 
     /// An empty provisional batch, for a batch too large to hold in memory.
@@ -929,6 +1007,148 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.applied_lsn(), Some(Lsn(60)));
         assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 6);
+    }
+
+    /// Polls until the store's durable LSN is `lsn`.
+    fn until_durable(store: &Store, lsn: Lsn) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while store.applied_lsn() != Some(lsn) {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_scan_reads_the_batch_in_flight_without_writing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        for i in 0..10u64 {
+            b.put(&FactId(i), &i).unwrap();
+        }
+        store.commit(b, Lsn(10)).unwrap();
+        // Puts over the tree, a new key between, removes, a key past the end.
+        let mut b = Batch::default();
+        b.put(&FactId(2), &200u64).unwrap();
+        b.remove(&FactId(3));
+        b.remove(&FactId(9));
+        b.put(&FactId(11), &11u64).unwrap();
+        store.stage(b, Lsn(20)).unwrap();
+        let scanned: Vec<(Vec<u8>, u64)> = store
+            .scan(Space::Fact, &[])
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let values: Vec<u64> = scanned.iter().map(|(_, v)| *v).collect();
+        assert_eq!(values, [0, 1, 200, 4, 5, 6, 7, 8, 11]);
+        let keys: Vec<Vec<u8>> = store
+            .scan_keys(Space::Fact, &[])
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            keys,
+            scanned.into_iter().map(|(k, _)| k).collect::<Vec<_>>()
+        );
+        // A prefix scan sees only the batch's writes under the prefix.
+        let mut prefix = Vec::new();
+        FactId(11).encode_key(&mut prefix);
+        assert_eq!(store.scan_keys(Space::Fact, &prefix).count(), 1);
+        assert_eq!(store.scan_keys(Space::Dim, &[]).count(), 0);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(store.applied_lsn(), Some(Lsn(10)), "scanned, not written");
+        store.release();
+        until_durable(&store, Lsn(20));
+        let values: Vec<u64> = store
+            .scan(Space::Fact, &[])
+            .map(|r| r.map(|(_, v)| v))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(values, [0, 1, 200, 4, 5, 6, 7, 8, 11]);
+    }
+
+    #[test]
+    fn an_unconfirmed_batch_is_written_only_once_confirmed_and_never_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |i: u64| {
+            let mut b = Batch::default();
+            b.put(&FactId(i), &i).unwrap();
+            b
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.commit(one(1), Lsn(10)).unwrap();
+            store.stage_unconfirmed(one(2), Lsn(20)).unwrap();
+            assert_eq!(store.get::<_, u64>(&FactId(2)).unwrap(), Some(2));
+            assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 2);
+            // Nothing that releases a held batch writes this one.
+            store.release();
+            for e in [
+                store.wait().unwrap_err(),
+                store.submit(one(3), Lsn(30)).unwrap_err(),
+                store.stage(one(3), Lsn(30)).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(e, StateError::Unconfirmed { lsn: Some(Lsn(20)) }),
+                    "{e}"
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            assert_eq!(
+                store.applied_lsn(),
+                Some(Lsn(10)),
+                "unconfirmed, not written"
+            );
+            store.confirm();
+            until_durable(&store, Lsn(20));
+            store.wait().unwrap();
+            // Discarded: unreadable, and its LSN may come again.
+            store.stage_unconfirmed(one(3), Lsn(30)).unwrap();
+            assert!(store.discard_unconfirmed());
+            assert!(!store.discard_unconfirmed(), "nothing left to discard");
+            assert_eq!(store.get::<_, u64>(&FactId(3)).unwrap(), None);
+            assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 2);
+            store.wait().unwrap();
+            // A batch held for release is not discarded.
+            store.stage(one(4), Lsn(25)).unwrap();
+            assert!(!store.discard_unconfirmed());
+            store.wait().unwrap();
+            assert_eq!(store.applied_lsn(), Some(Lsn(25)));
+            // Two in flight: one held for release, one unconfirmed behind
+            // it, read over each other (the newer wins) and over the tree.
+            let mut b = one(5);
+            b.put(&FactId(1), &100u64).unwrap();
+            store.stage(b, Lsn(40)).unwrap();
+            let mut b = one(6);
+            b.put(&FactId(1), &1_000u64).unwrap();
+            b.remove(&FactId(5));
+            store.stage_unconfirmed(b, Lsn(50)).unwrap();
+            let e = store.stage(one(7), Lsn(60)).unwrap_err();
+            assert!(
+                matches!(e, StateError::Unconfirmed { lsn: Some(Lsn(50)) }),
+                "{e}"
+            );
+            assert_eq!(store.get::<_, u64>(&FactId(1)).unwrap(), Some(1_000));
+            let values: Vec<u64> = store
+                .scan(Space::Fact, &[])
+                .map(|r| r.map(|(_, v)| v))
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(values, [1_000, 2, 4, 6]);
+            // Discarding leaves the batch before it, which is then written.
+            assert!(store.discard_unconfirmed());
+            assert_eq!(store.get::<_, u64>(&FactId(1)).unwrap(), Some(100));
+            assert_eq!(store.get::<_, u64>(&FactId(5)).unwrap(), Some(5));
+            store.wait().unwrap();
+            assert_eq!(store.applied_lsn(), Some(Lsn(40)));
+            // The discarded LSN may come again; closing drops an unconfirmed
+            // batch: its sink may not hold it.
+            store.stage(one(8), Lsn(50)).unwrap();
+            store.stage_unconfirmed(one(9), Lsn(60)).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(50)));
+        assert_eq!(store.get::<_, u64>(&FactId(9)).unwrap(), None);
+        assert_eq!(store.get::<_, u64>(&FactId(8)).unwrap(), Some(8));
+        assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 5);
     }
 
     /// A store at LSN 10 with facts 0..n worth their number, and a

@@ -439,7 +439,9 @@ async fn bench(knobs: Knobs) {
     let (backfill, backfill_secs) = b
         .raa(backfill_transport, "raa_backfill", fresh.path())
         .await;
+    let verifying = Instant::now();
     let diffs = raa::verify::verify(&c, &b.settings).await.expect("verify");
+    let verify_secs = verifying.elapsed().as_secs_f64();
 
     println!("traffic:                     {loaded}");
     println!(
@@ -534,7 +536,7 @@ async fn bench(knobs: Knobs) {
     );
     println!("streamed tables vs the SQL recomputation: {stream_diffs} rows differ");
     println!(
-        "backfilled tables, raa verify: {} tables differ",
+        "backfilled tables, raa verify: {} tables differ ({verify_secs:.2} s)",
         diffs.len()
     );
     assert_eq!(

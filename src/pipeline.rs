@@ -15,8 +15,9 @@
 //! sunk. With nothing queued, step 1 is awaited and the state batch
 //! released at once. So the sink may run up to three batches ahead of the
 //! durable state, never behind it; each step 2 waits for the one before. A
-//! crash between 1 and 2 leaves the sink ahead of the state. On restart the stream resumes from the state's LSN, the state
-//! re-applies those transactions (reaching the same accumulators), and their
+//! crash between 1 and 2 leaves the sink ahead of the state. On restart the
+//! stream resumes from the state's LSN, the state re-applies those
+//! transactions (reaching the same accumulators), and their
 //! sink writes are skipped while `end` ≤ the sink's progress: the tables
 //! already hold them.
 //! A crash between 2 and 3 only means the server resends what raa skips: a
@@ -309,7 +310,8 @@ pub struct Summary {
     pub apply_secs: f64,
     /// Seconds ending batches (encoding the state batch, collecting output rows).
     pub finish_secs: f64,
-    /// Seconds in sink transactions.
+    /// Seconds waiting for sink transactions (those run beside aggregation
+    /// count only while the pipeline waits for them).
     pub sink_secs: f64,
     /// Aggregate rows upserted or deleted by those transactions.
     pub sink_rows: u64,
@@ -377,6 +379,13 @@ pub async fn run<S: Sink>(
     opts: Options,
     mut shutdown: Shutdown,
 ) -> Result<Summary, PipelineError> {
+    // A store kept from a failed run (see `main`) may still be writing its
+    // last batches: resume from what is durable, with nothing in flight.
+    store.discard_unconfirmed();
+    blocking(|| store.wait()).map_err(|source| PipelineError::State {
+        lsn: Lsn::ZERO,
+        source,
+    })?;
     let sql = source.connect().await.map_err(PipelineError::Connect)?;
     setup::check_server(&sql).await?;
     let server_id = snapshot::system_id(source).await?;
@@ -949,8 +958,10 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// After a failed run: waits for a sink write still running, so a
-    /// restart reads the sink's progress after it, and drops its state batch
-    /// unwritten (the restart replays it, skipping the sink if it committed).
+    /// restart reads the sink's progress after it, drops its state batch
+    /// unwritten (the restart replays it, skipping the sink if it committed)
+    /// and waits for the batches before it, so the state's durable position
+    /// is where a restart resumes.
     async fn abandon(&mut self) {
         if let Some(pending) = self.sink_pending.take() {
             match self.sink.confirm().await {
@@ -963,6 +974,10 @@ impl<S: Sink> Pipeline<S> {
             }
         }
         self.store.discard_unconfirmed();
+        let store = &self.store;
+        if let Err(e) = blocking(|| store.wait()) {
+            tracing::info!(error = %e, "the state writer failed too");
+        }
     }
 
     /// Applies the leading changes of a large transaction. Its batch holds
@@ -1374,15 +1389,16 @@ mod tests {
             "{e}"
         );
         p.abandon().await;
-        drop(p);
-        store.wait().unwrap();
-        assert_eq!(sink.submitted, [Lsn(100), Lsn(200), Lsn(300)]);
-        assert_eq!(sink.inner.progress, Some(Lsn(200)));
         assert_eq!(
             store.applied_lsn(),
             Some(Lsn(200)),
-            "the state follows its sink"
+            "the state follows its sink, and is durable there"
         );
+        drop(p);
+        assert_eq!(sink.submitted, [Lsn(100), Lsn(200), Lsn(300)]);
+        assert_eq!(sink.inner.progress, Some(Lsn(200)));
+        store.wait().unwrap();
+        assert_eq!(store.applied_lsn(), Some(Lsn(200)));
     }
 
     /// Options whose batches end as soon as their deadline is checked.

@@ -132,6 +132,31 @@ async fn a_week_in_three_zones_verifies_for_every_family_and_level() {
         let none = verify_slice(&c, &settings, &clean).await.unwrap();
         assert!(none.is_empty(), "{clean:?}: {none:?}");
     }
+
+    // Verifying runs in a read-only transaction of its own: the session's
+    // settings are its own again after it, and a table that fails the
+    // comparison is reported and leaves no aborted transaction behind.
+    c.batch_execute("SET jit = on").await.unwrap();
+    assert!(verify_slice(&c, &settings, &Slice::default())
+        .await
+        .unwrap()
+        .iter()
+        .any(|d| d.table == "ag2_i_state_week"));
+    assert_eq!(jit(&c).await, "on");
+    c.batch_execute("ALTER TABLE ag2_queue_day RENAME TO ag2_queue_day_gone")
+        .await
+        .unwrap();
+    let err = verify_slice(&c, &settings, &Slice::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, raa::verify::VerifyError::Query { table, .. } if table == "ag2_queue_day"),
+        "{err}"
+    );
+    assert_eq!(jit(&c).await, "on", "the session goes on after the failure");
+    c.batch_execute("ALTER TABLE ag2_queue_day_gone RENAME TO ag2_queue_day")
+        .await
+        .unwrap();
 }
 
 /// A 30-minute sub-hour grid, on a shorter run that also crashes between
@@ -337,4 +362,9 @@ async fn interval_splits_dst_days_and_retractable_maxima_by_hand() {
         Some(0)
     );
     db.assert_verified(&settings).await;
+}
+
+/// The session's `jit` setting.
+async fn jit(c: &tokio_postgres::Client) -> String {
+    c.query_one("SHOW jit", &[]).await.unwrap().get(0)
 }

@@ -400,21 +400,24 @@ impl Conn {
         match rows {
             Rows::Slice(rows) => out.send(rows, Some(&progress)).await?,
             Rows::Chunks(chunks) => {
-                // One chunk read ahead, so the last goes with the progress.
-                let mut next = chunks.next_chunk()?;
-                loop {
-                    let chunk = next.take().unwrap_or_default();
-                    next = if chunk.is_empty() {
-                        None
-                    } else {
-                        chunks.next_chunk()?
-                    };
-                    let last = next.is_none();
-                    out.send(&chunk, last.then_some(&progress)).await?;
-                    if last {
-                        break;
+                let mut chunk = chunks.next_chunk()?;
+                while let Some(rows) = chunk {
+                    let sending = out.send(&rows, None);
+                    futures_util::pin_mut!(sending);
+                    // Polled once, the chunk's first wave is encoded and
+                    // sent (tokio-postgres sends a statement when it is
+                    // first polled): the server works on it while the next
+                    // chunk is read from the state. The rewrite after a
+                    // backfill took 4.0 s with the two one after the other.
+                    let sent = futures_util::poll!(sending.as_mut());
+                    let next = chunks.next_chunk();
+                    match sent {
+                        std::task::Poll::Ready(done) => done?,
+                        std::task::Poll::Pending => sending.await?,
                     }
+                    chunk = next?;
                 }
+                out.send(&[], Some(&progress)).await?;
             }
         }
         tx.commit().await.map_err(sql_err("commit"))

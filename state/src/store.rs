@@ -125,8 +125,10 @@ fn wait_err(e: WaitError) -> StateError {
 }
 
 /// The state store. Cheap to share by reference; all writes go through
-/// [`Store::commit`], [`Store::submit`] or [`Store::stage`] (readable at
-/// once, written once released), applied by one background writer.
+/// [`Store::commit`], [`Store::submit`], [`Store::stage`] (readable at
+/// once, written once released) or [`Store::stage_unconfirmed`] (written
+/// once its sink commit is confirmed), applied in order by one background
+/// writer.
 pub struct Store {
     path: PathBuf,
     db: sled::Db,

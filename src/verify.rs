@@ -146,30 +146,25 @@ pub async fn verify_slice(
     slice: &Slice,
 ) -> Result<Vec<TableDiff>, VerifyError> {
     let tables = tables(slice, settings)?;
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL jit = off")
-        .await
-        .map_err(|source| VerifyError::Transaction {
-            what: "starting",
-            source,
-        })?;
+    let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL jit = off";
+    control(client, begin, "starting").await?;
     let diffs = diff_tables(client, settings, slice, tables).await;
     match diffs {
-        Ok(_) => {
-            client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|source| VerifyError::Transaction {
-                    what: "ending",
-                    source,
-                })?
-        }
+        Ok(_) => control(client, "COMMIT", "ending").await?,
         // The query's error is the one to report.
         Err(_) => {
             let _ = client.batch_execute("ROLLBACK").await;
         }
     }
     diffs
+}
+
+/// Starts or ends the verification's transaction; `what` names the step.
+async fn control(client: &Client, sql: &str, what: &'static str) -> Result<(), VerifyError> {
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(|source| VerifyError::Transaction { what, source })
 }
 
 async fn diff_tables(

@@ -50,12 +50,7 @@ async fn total_rows(db: &TestDb) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_atomic_name_the_failed_statement_and_never_go_back() {
-    let db = TestDb::new().await;
-    let settings = Settings::default();
-    db.init(&settings).await;
-    let mut sink = PgSink::new(db.client().await, SLOT, &settings)
-        .await
-        .expect("prepare the sink");
+    let (db, mut sink) = with_sink().await;
 
     sink.write(Lsn(200), &rows_everywhere(100))
         .await
@@ -135,12 +130,17 @@ async fn batches_are_atomic_name_the_failed_statement_and_never_go_back() {
 /// A database with raa's tables, and a sink whose statements hold at most 2
 /// rows and whose waves hold at most 5.
 async fn small_waves() -> (TestDb, PgSink) {
+    let (db, sink) = with_sink().await;
+    (db, sink.with_wave_limits(2, 5))
+}
+
+/// A database with raa's tables for the default settings, and a sink.
+async fn with_sink() -> (TestDb, PgSink) {
     let db = TestDb::new().await;
     db.init(&Settings::default()).await;
     let sink = PgSink::new(db.client().await, SLOT, &Settings::default())
         .await
-        .expect("prepare the sink")
-        .with_wave_limits(2, 5);
+        .expect("prepare the sink");
     (db, sink)
 }
 
@@ -320,12 +320,7 @@ async fn replacing_the_tables_in_chunks_is_all_or_nothing() {
 /// connection comes back for the next write either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submitted_write_is_confirmed_with_its_outcome_and_hands_the_connection_back() {
-    let db = TestDb::new().await;
-    let settings = Settings::default();
-    db.init(&settings).await;
-    let mut sink = PgSink::new(db.client().await, SLOT, &settings)
-        .await
-        .expect("prepare the sink");
+    let (db, mut sink) = with_sink().await;
     assert_eq!(sink.confirm().await.unwrap(), None, "nothing submitted");
 
     sink.submit(Lsn(200), rows_everywhere(100)).await.unwrap();

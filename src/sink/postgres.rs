@@ -408,7 +408,8 @@ impl Conn {
                     // sent (tokio-postgres sends a statement when it is
                     // first polled): the server works on it while the next
                     // chunk is read from the state. The rewrite after a
-                    // backfill took 4.0 s with the two one after the other.
+                    // backfill of 100 000 facts took 2.9 s so, 4.0 s with
+                    // the two one after the other.
                     let sent = futures_util::poll!(sending.as_mut());
                     let next = chunks.next_chunk();
                     match sent {

@@ -968,11 +968,6 @@ mod tests {
     #[test]
     fn a_staged_batch_is_readable_at_once_and_written_only_once_released() {
         let dir = tempfile::tempdir().unwrap();
-        let one = |i: u64| {
-            let mut b = Batch::default();
-            b.put(&FactId(i), &i).unwrap();
-            b
-        };
         {
             let store = Store::open(dir.path()).unwrap();
             store.commit(one(1), Lsn(10)).unwrap();
@@ -1009,6 +1004,13 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.applied_lsn(), Some(Lsn(60)));
         assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 6);
+    }
+
+    /// A batch putting fact `i`, worth `i`.
+    fn one(i: u64) -> Batch {
+        let mut b = Batch::default();
+        b.put(&FactId(i), &i).unwrap();
+        b
     }
 
     /// Polls until the store's durable LSN is `lsn`.
@@ -1070,11 +1072,6 @@ mod tests {
     #[test]
     fn an_unconfirmed_batch_is_written_only_once_confirmed_and_never_on_close() {
         let dir = tempfile::tempdir().unwrap();
-        let one = |i: u64| {
-            let mut b = Batch::default();
-            b.put(&FactId(i), &i).unwrap();
-            b
-        };
         {
             let store = Store::open(dir.path()).unwrap();
             store.commit(one(1), Lsn(10)).unwrap();

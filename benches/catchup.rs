@@ -70,8 +70,8 @@ struct Knobs {
     /// `jit` for the SQL recomputation's session. Off by default: compiling
     /// the 35 queries cost more than it saved (10.1 s against 6.4 s at
     /// 100 000 facts, 6.2 against 2.7 s at 30 000), and the reference should
-    /// be PostgreSQL at its fastest.
-    sql_jit: bool,
+    /// be PostgreSQL at its fastest. `"on"` or `"off"`, as `SET` takes it.
+    sql_jit: &'static str,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -109,8 +109,8 @@ impl Knobs {
                 .expect("RAA_BENCH_BATCH_ENTRIES: a positive number of entries")
         });
         let sql_jit = match env("RAA_BENCH_SQL_JIT").as_deref() {
-            None | Some("off") => false,
-            Some("on") => true,
+            None | Some("off") => "off",
+            Some("on") => "on",
             Some(other) => panic!("RAA_BENCH_SQL_JIT: on or off, not {other:?}"),
         };
         Knobs {
@@ -315,8 +315,7 @@ async fn recompute(c: &tokio_postgres::Client, b: &Bench) -> (f64, Vec<(String, 
         .expect("scratch table");
     }
     c.batch_execute("CHECKPOINT").await.expect("checkpoint");
-    let jit = if b.knobs.sql_jit { "on" } else { "off" };
-    c.batch_execute(&format!("SET jit = {jit}"))
+    c.batch_execute(&format!("SET jit = {}", b.knobs.sql_jit))
         .await
         .expect("set jit");
     // Every reference query maps unknown zones to UTC through
@@ -500,7 +499,7 @@ async fn bench(knobs: Knobs) {
     } else {
         "regular (logged)"
     };
-    let jit = if b.knobs.sql_jit { "on" } else { "off" };
+    let jit = b.knobs.sql_jit;
     println!(
         "SQL INSERT ... SELECT ... GROUP BY: {sql_secs:.2} s for all {} tables, into {scratch} scratch tables with the aggregate tables' unique keys (jit = {jit})",
         tables(&b.settings).len()

@@ -111,8 +111,9 @@ pub enum StateError {
     )]
     Anchored { applied: Lsn },
     #[error(
-        "the state batch at {lsn:?} waits for its sink commit to be confirmed: \
-         it must be confirmed or discarded first"
+        "the state batch {} waits for its sink commit to be confirmed: \
+         it must be confirmed or discarded first",
+        lsn.map_or_else(|| "without an LSN".to_owned(), |l| format!("at {l}"))
     )]
     Unconfirmed { lsn: Option<Lsn> },
 }

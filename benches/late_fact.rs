@@ -13,7 +13,9 @@
 //! - PostgreSQL: the same N facts and one late batch in a table (with an
 //!   index on `start_ts`); timed, the re-aggregation of the late day: the
 //!   reference SQL of the IRF families at subhr, hour and day, restricted as
-//!   `raa verify --from D --to D+1d` restricts it, into scratch tables.
+//!   `raa verify --from D --to D+1d` restricts it, into scratch tables; with
+//!   `jit = off` as `raa verify` runs it (`RAA_LATE_SQL_JIT=on` for the
+//!   server's default).
 //!
 //! It prints the costs at each N and the growth from the smallest to the
 //! largest N. Run: `cargo bench --bench late_fact` or `scripts/bench.sh`.
@@ -330,6 +332,17 @@ async fn measure(pg: &EmbeddedPostgres, n: usize, batch: usize, idx: usize) -> P
         .await
         .expect("create db");
     let c = connect(&pg.socket_url(&db)).await;
+    // As `raa verify` runs this SQL: PostgreSQL's JIT compile is a fixed
+    // cost per query that would hide how the re-aggregation grows.
+    // `RAA_LATE_SQL_JIT=on` gives the server's default.
+    let jit = match std::env::var("RAA_LATE_SQL_JIT").as_deref() {
+        Err(_) | Ok("off") => "off",
+        Ok("on") => "on",
+        Ok(other) => panic!("RAA_LATE_SQL_JIT: on or off, not {other:?}"),
+    };
+    c.batch_execute(&format!("SET jit = {jit}"))
+        .await
+        .expect("set jit");
     c.batch_execute(raa::INFOMART_SQL).await.expect("schema");
     c.batch_execute(&raa::sink::postgres::ddl(&settings))
         .await

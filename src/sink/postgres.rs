@@ -431,7 +431,8 @@ enum Rows<'a> {
     Chunks(&'a mut (dyn RowChunks + Send)),
 }
 
-/// The progress update that goes with a transaction's last statements.
+/// The progress update: sent with a transaction's last statements, or
+/// after its last chunk.
 struct Progress<'a> {
     stmt: &'a Statement,
     slot: &'a String,

@@ -427,19 +427,13 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `batch` durably without moving the applied LSN: for a backfill,
-    /// whose rows belong to no LSN until the snapshot is whole. A store whose
+    /// Hands `batch` to the writer without moving the applied LSN: for a
+    /// backfill, whose rows belong to no LSN until the snapshot is whole.
+    /// Returns once the writer has it (as [`Store::submit`]), so a backfill
+    /// aggregates its next chunk while this one is written. A store whose
     /// applied LSN is unset is incomplete, and [`Store::clear`]ed on start;
     /// so the batch is not atomic (no redo record), and a store that has an
     /// applied LSN refuses it.
-    pub fn write_unanchored(&self, batch: Batch) -> Result<(), StateError> {
-        self.submit_unanchored(batch)?;
-        self.wait()
-    }
-
-    /// [`Store::write_unanchored`], returning once the writer has the batch
-    /// (as [`Store::submit`]): a backfill aggregates its next chunk while
-    /// this one is written.
     pub fn submit_unanchored(&self, batch: Batch) -> Result<(), StateError> {
         let applied = Lsn(self.submitted.load(Ordering::Acquire));
         if applied != Lsn::ZERO {
@@ -497,8 +491,9 @@ impl Store {
         Ok(())
     }
 
-    /// [`Store::write_unanchored`] of a provisional batch (a backfill chunk
-    /// that outgrew memory): applied a chunk at a time, without a marker.
+    /// [`Store::submit_unanchored`] of a provisional batch (a backfill chunk
+    /// that outgrew memory), durable on return: applied a chunk at a time,
+    /// without a marker.
     pub fn write_unanchored_provisional(
         &self,
         provisional: Provisional,
@@ -934,7 +929,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let mut b = Batch::default();
         b.put(&FactId(1), &1_u32).unwrap();
-        store.write_unanchored(b).unwrap();
+        store.submit_unanchored(b).unwrap();
+        store.wait().unwrap();
         assert_eq!(store.applied_lsn(), None);
         assert!(!store.is_empty().unwrap());
         store.clear().unwrap();
@@ -954,13 +950,14 @@ mod tests {
             }
             b
         };
-        store.write_unanchored(big(0)).unwrap();
+        store.submit_unanchored(big(0)).unwrap();
+        store.wait().unwrap();
         assert_eq!(store.writer.redo_records(), 0);
         assert_eq!(store.get::<_, u64>(&FactId(4_999)).unwrap(), Some(4_999));
         assert_eq!(store.applied_lsn(), None);
         store.commit(big(5_000), Lsn(7)).unwrap();
         assert_eq!(store.writer.redo_records(), 1);
-        let e = store.write_unanchored(big(10_000)).unwrap_err();
+        let e = store.submit_unanchored(big(10_000)).unwrap_err();
         assert!(matches!(e, StateError::Anchored { applied: Lsn(7) }), "{e}");
         assert_eq!(store.get::<_, u64>(&FactId(10_000)).unwrap(), None);
         assert_eq!(store.scan_keys(Space::Fact, &[]).count(), 10_000);

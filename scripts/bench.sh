@@ -83,7 +83,7 @@ fi
 
 echo
 echo "== ratios (each against its reference in the same run)"
-cat "$out"/catchup.txt 2>/dev/null | grep -E '^(---|throughput ratio|pg_recvlogical:|raa catch-up:|SQL / raa backfill|streamed tables|backfilled tables)' || true
+cat "$out"/catchup.txt 2>/dev/null | grep -E '^(---|throughput ratio|  bound by the server alone|pg_recvlogical:|raa catch-up:|SQL / raa backfill|streamed tables|backfilled tables)' || true
 cat "$out"/late_fact.txt 2>/dev/null | grep -E '^(growth|SQL day without|late / fresh)' || true
 cat "$out"/big_txn.txt 2>/dev/null | grep -E '^(peak resident|bound)' || true
 cat "$out"/state_memory.txt 2>/dev/null | grep -E '^(growth past|at 80M)' || true

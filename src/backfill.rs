@@ -13,7 +13,7 @@
 
 use crate::aggregate::family::Dim;
 use crate::aggregate::{AggregateError, Engine, Work};
-use crate::decode::{Change, Transaction};
+use crate::decode::Change;
 use crate::schema::{Table, TABLES};
 use crate::source::snapshot::{self, SnapshotError, SLICE_ROWS};
 use crate::source::SourceConfig;
@@ -47,6 +47,10 @@ pub enum BackfillError {
     State(#[from] StateError),
     #[error("ending the snapshot read")]
     Finish(#[source] tokio_postgres::Error),
+    /// The snapshot's rows are aggregated as facts never seen before
+    /// ([`Engine::apply_snapshot`]): over an earlier state they would count twice.
+    #[error("a backfill needs an empty state; this one holds entries (clear it first)")]
+    NotEmpty,
 }
 
 /// What a backfill did.
@@ -74,6 +78,9 @@ pub async fn run(
     engine: &mut Engine,
 ) -> Result<Backfilled, BackfillError> {
     let started = Instant::now();
+    if !store.is_empty()? {
+        return Err(BackfillError::NotEmpty);
+    }
     let admin = source.connect().await.map_err(BackfillError::Connect)?;
     let slot = snapshot::create_slot(&admin, source).await?;
     let reader = source.connect().await.map_err(BackfillError::Connect)?;
@@ -170,7 +177,7 @@ fn aggregate(
     done.rows += changes.len() as u64;
     let started = Instant::now();
     engine
-        .apply(work, Transaction::read_at(Lsn::ZERO, changes))
+        .apply_snapshot(work, changes)
         .map_err(|source| BackfillError::Aggregate {
             table: table.name(),
             source,
@@ -263,5 +270,33 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Settings;
+    use std::sync::Arc;
+
+    /// A backfill over a state that holds anything is refused before it
+    /// touches the source (none answers at this address), and the state is
+    /// left as it was.
+    #[tokio::test]
+    async fn a_backfill_over_a_state_with_entries_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut batch = Batch::default();
+        batch.put_meta(SYSTEM_ID, &7_u64).unwrap();
+        store.submit_unanchored(batch).unwrap();
+        store.wait().unwrap();
+        let mut engine = Engine::open(store.clone(), Settings::default()).unwrap();
+        let source = SourceConfig::new("postgres://raa@127.0.0.1:1/none", "s", "p").unwrap();
+        let refused = run(&source, &store, &mut engine).await;
+        assert!(
+            matches!(refused, Err(BackfillError::NotEmpty)),
+            "{refused:?}"
+        );
+        assert_eq!(store.meta::<u64>(SYSTEM_ID).unwrap(), Some(7));
     }
 }

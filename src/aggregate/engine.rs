@@ -92,6 +92,9 @@ pub enum AggregateError {
         stored: Settings,
         configured: Settings,
     },
+    /// A caller bug, not bad input: a snapshot holds rows, not changes.
+    #[error("a snapshot's rows are inserts; an update, delete or truncate is no snapshot row")]
+    NotSnapshotRow,
 }
 
 /// What raa remembers of one fact: its last image and what it contributed.
@@ -310,6 +313,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Applies rows of a backfill's snapshot, read into a state that held no
+    /// fact when the backfill began: a snapshot holds each row once, so no
+    /// fact can have a record outside `work` yet, and none is looked up in
+    /// the store (a lookup bound to miss, yet a walk of sled's tree: one a
+    /// fact). Anything but an insert is refused.
+    pub fn apply_snapshot(
+        &mut self,
+        work: &mut Work,
+        changes: Vec<Change>,
+    ) -> Result<(), AggregateError> {
+        for change in changes {
+            let Change::Insert { table, new } = change else {
+                return Err(AggregateError::NotSnapshotRow);
+            };
+            self.upsert(work, table, None, new, Stored::Never)?;
+            work.changes += 1;
+            if work.entries() > self.work_entries {
+                self.spill(work)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Moves the work's entries to its provisional batch on disk, as `finish`
     /// would write them to the state.
     fn spill(&self, w: &mut Work) -> Result<(), AggregateError> {
@@ -334,12 +360,12 @@ impl Engine {
 
     fn apply_change(&mut self, w: &mut Work, change: Change) -> Result<(), AggregateError> {
         match change {
-            Change::Insert { table, new } => self.upsert(w, table, None, new),
+            Change::Insert { table, new } => self.upsert(w, table, None, new, Stored::Maybe),
             Change::Update {
                 table,
                 old_key,
                 new,
-            } => self.upsert(w, table, old_key, new),
+            } => self.upsert(w, table, old_key, new, Stored::Maybe),
             Change::Delete { table, key } => self.delete(w, table, key),
             Change::Truncate { tables } => {
                 for table in tables {
@@ -356,6 +382,7 @@ impl Engine {
         table: Table,
         old_key: Option<RowKey>,
         new: Tuple,
+        stored: Stored,
     ) -> Result<(), AggregateError> {
         let key = match new.0.first() {
             Some(Some(Value::Int(k))) => RowKey(*k),
@@ -375,7 +402,10 @@ impl Engine {
             self.set_dim(w, dk, Some(row))
         } else {
             let fk = FactKey { table, key };
-            let prior = self.take_fact(w, fk)?;
+            let prior = match stored {
+                Stored::Maybe => self.take_fact(w, fk)?,
+                Stored::Never => w.facts.remove(&fk).flatten(),
+            };
             let row = resolve(table, key, new, prior.as_ref().map(|p| &p.row))?;
             if let Some(p) = &prior {
                 self.retract(w, fk, &p.contribs)?;
@@ -759,6 +789,14 @@ impl Engine {
     }
 }
 
+/// Whether a fact's earlier record may be in the store (or a spilled batch),
+/// or only in the work ([`Engine::apply_snapshot`]).
+#[derive(Clone, Copy)]
+enum Stored {
+    Maybe,
+    Never,
+}
+
 /// Moves the work's fact records, index entries and dimension rows into `state`.
 fn encode_records(w: &mut Work, state: &mut Batch) -> Result<(), AggregateError> {
     for (fk, rec) in std::mem::take(&mut w.facts) {
@@ -935,6 +973,63 @@ mod tests {
             table: Table::SmResSession,
             new: Tuple(ints.iter().map(|&v| Some(Value::Int(v))).collect()),
         }
+    }
+
+    /// A backfill's snapshot rows leave the state streamed inserts of the
+    /// same rows leave, a key seen twice in one chunk included, without
+    /// looking facts up in the store; anything but an insert is refused.
+    #[test]
+    fn snapshot_rows_aggregate_as_the_same_rows_streamed_do() {
+        let rows = |keys: &[(i64, i64)]| -> Vec<Change> {
+            keys.iter()
+                .map(|&(k, len)| session(k, 1_772_841_600 + k * 900, len))
+                .collect()
+        };
+        let chunks = [
+            rows(&[(1, 60), (2, 600), (1, 120)]),
+            rows(&[(3, 60), (4, 3_600)]),
+        ];
+        let state_after = |snapshot: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let mut engine = Engine::open(store.clone(), Settings::default()).unwrap();
+            for (i, chunk) in chunks.iter().enumerate() {
+                let mut work = Work::default();
+                if snapshot {
+                    engine.apply_snapshot(&mut work, chunk.clone()).unwrap();
+                } else {
+                    let lsn = Lsn(100 * (i as u64 + 1));
+                    let txn = Transaction::read_at(lsn, chunk.clone());
+                    engine.apply(&mut work, txn).unwrap();
+                }
+                assert_eq!(work.changes, chunk.len());
+                let out = engine.finish(work).unwrap();
+                store.commit(out.state, Lsn(100 * (i as u64 + 1))).unwrap();
+            }
+            let aggregates: Vec<OutputRow> = engine.state_rows().map(Result::unwrap).collect();
+            let facts: Vec<(Vec<u8>, FactRecord)> = store
+                .scan::<FactRecord>(Space::Fact, &[])
+                .map(Result::unwrap)
+                .collect();
+            (aggregates, facts)
+        };
+        let streamed = state_after(false);
+        assert!(!streamed.0.is_empty());
+        assert_eq!(streamed.1.len(), 4, "one record a key");
+        assert_eq!(state_after(true), streamed);
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut engine = Engine::open(store, Settings::default()).unwrap();
+        let delete = Change::Delete {
+            table: Table::SmResSession,
+            key: RowKey(1),
+        };
+        let refused = engine.apply_snapshot(&mut Work::default(), vec![delete]);
+        assert!(
+            matches!(refused, Err(AggregateError::NotSnapshotRow)),
+            "{refused:?}"
+        );
     }
 
     /// A chunk of dimension rows alone (a backfill's first) has no state

@@ -37,7 +37,9 @@
 use crate::codec;
 use crate::lsn::Lsn;
 use crate::reclaim;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 use std::collections::{BTreeMap, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -78,6 +80,11 @@ pub(crate) const QUEUE: usize = 2;
 
 struct Job {
     writes: Arc<Writes>,
+    /// The hash of every key in `writes`: most reads ask for keys a batch
+    /// does not hold, and this answers them without a walk of `writes`
+    /// (a tenth of aggregation's time went to those walks). Eight bytes a
+    /// key, against the hundreds the batch holds for it.
+    hashes: FxHashSet<u64>,
     /// The applied LSN the batch moves the store to (`None`: unanchored).
     applied: Option<Lsn>,
     /// What it waits for before it is written.
@@ -168,9 +175,11 @@ impl Writer {
         applied: Option<Lsn>,
         hold: Hold,
     ) -> Result<(), WaitError> {
+        let hashes = writes.keys().map(|k| key_hash(k)).collect();
         let mut slot = self.until(|q| q.len() < QUEUE)?;
         slot.queue.push_back(Job {
             writes: Arc::new(writes),
+            hashes,
             applied,
             hold,
         });
@@ -264,10 +273,12 @@ impl Writer {
     /// The newest write of `key` by a batch in flight, if there is one:
     /// `Some(None)` when it removes the key.
     pub(crate) fn pending(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        let hash = key_hash(key);
         let slot = self.shared.lock();
         slot.queue
             .iter()
             .rev()
+            .filter(|j| j.hashes.contains(&hash))
             .find_map(|j| j.writes.get(key).cloned())
     }
 
@@ -277,6 +288,11 @@ impl Writer {
         let slot = self.shared.lock();
         slot.queue.iter().map(|j| j.writes.clone()).collect()
     }
+}
+
+/// A key's hash in [`Job::hashes`].
+fn key_hash(key: &[u8]) -> u64 {
+    FxBuildHasher.hash_one(key)
 }
 
 /// Marks the thread closed when it ends, however it ends.

@@ -14,7 +14,7 @@
 use crate::aggregate::family::Dim;
 use crate::aggregate::{AggregateError, Engine, Work};
 use crate::decode::Change;
-use crate::schema::{Table, TABLES};
+use crate::schema::{Table, TableSpec, TABLES};
 use crate::source::snapshot::{self, SnapshotError, SLICE_ROWS};
 use crate::source::SourceConfig;
 use futures_util::StreamExt;
@@ -86,7 +86,7 @@ pub async fn run(
     let reader = source.connect().await.map_err(BackfillError::Connect)?;
     snapshot::begin(&reader, &slot).await?;
     // Dimensions first, so facts find theirs on first contribution.
-    let mut order: Vec<_> = TABLES.iter().collect();
+    let mut order: Vec<&'static TableSpec> = TABLES.to_vec();
     order.sort_by_key(|s| Dim::of_table(s.table).is_none());
     let mut total = 0;
     for spec in &order {
@@ -94,56 +94,11 @@ pub async fn run(
     }
     let progress = Progress::new(total);
     let mut done = Backfilled::default();
-    // Rows are aggregated SLICE_ROWS at a time; a chunk (one state write)
-    // ends at half the work's bound, as the pipeline's batches do:
-    // sized by state entries, not rows, since a row of a long period touches
-    // hundreds of buckets and one of an instant a handful. A chunk that
-    // outgrew memory would go through the disk twice.
-    let chunk_entries = engine.work_entries() / 2;
-    let mut work = Work::default();
-    let mut dims_written = false;
-    for spec in order {
-        let table = spec.table;
-        if !dims_written && Dim::of_table(table).is_none() {
-            // The dimension rows (a few hundred) are a chunk of their own,
-            // written before any fact: a stop from here on leaves a partial
-            // state, which the next start finds and clears (the crash test
-            // counts on seeing that happen).
-            write_chunk(store, engine, std::mem::take(&mut work), &mut done)?;
-            let started = Instant::now();
-            store.wait()?;
-            done.state_secs += started.elapsed().as_secs_f64();
-            dims_written = true;
-        }
-        let mut stream = Box::pin(snapshot::rows(&reader, spec).await?);
-        let mut changes = Vec::with_capacity(SLICE_ROWS);
-        loop {
-            let next = stream.next().await;
-            let end = next.is_none();
-            if let Some(tuple) = next {
-                changes.push(Change::Insert { table, new: tuple? });
-                if changes.len() < SLICE_ROWS {
-                    continue;
-                }
-            }
-            aggregate(
-                engine,
-                &mut work,
-                table,
-                std::mem::take(&mut changes),
-                &mut done,
-            )?;
-            if work.entries() >= chunk_entries || work.is_spilled() {
-                write_chunk(store, engine, std::mem::take(&mut work), &mut done)?;
-                progress.set(done.rows);
-            }
-            if end {
-                break;
-            }
-        }
-    }
-    write_chunk(store, engine, work, &mut done)?;
-    progress.set(done.rows);
+    engine
+        .backfilling(total, async |engine| {
+            aggregate_snapshot(&reader, store, engine, order, &progress, &mut done).await
+        })
+        .await?;
     reader
         .batch_execute("COMMIT")
         .await
@@ -161,6 +116,63 @@ pub async fn run(
     done.secs = started.elapsed().as_secs_f64();
     tracing::info!(rows = done.rows, secs = format!("{:.1}", done.secs), lsn = %done.lsn, "backfill complete");
     Ok(done)
+}
+
+/// Aggregates every row of the snapshot `reader` reads, table by table in
+/// `order`, handing the state a chunk at a time.
+async fn aggregate_snapshot(
+    reader: &tokio_postgres::Client,
+    store: &Store,
+    engine: &mut Engine,
+    order: Vec<&'static TableSpec>,
+    progress: &Progress,
+    done: &mut Backfilled,
+) -> Result<(), BackfillError> {
+    // Rows are aggregated SLICE_ROWS at a time; a chunk (one state write)
+    // ends at half the work's bound, as the pipeline's batches do:
+    // sized by state entries, not rows, since a row of a long period touches
+    // hundreds of buckets and one of an instant a handful. A chunk that
+    // outgrew memory would go through the disk twice.
+    let chunk_entries = engine.work_entries() / 2;
+    let mut work = Work::default();
+    let mut dims_written = false;
+    for spec in order {
+        let table = spec.table;
+        if !dims_written && Dim::of_table(table).is_none() {
+            // The dimension rows (a few hundred) are a chunk of their own,
+            // written before any fact: a stop from here on leaves a partial
+            // state, which the next start finds and clears (the crash test
+            // counts on seeing that happen).
+            write_chunk(store, engine, std::mem::take(&mut work), done)?;
+            let started = Instant::now();
+            store.wait()?;
+            done.state_secs += started.elapsed().as_secs_f64();
+            dims_written = true;
+        }
+        let mut stream = Box::pin(snapshot::rows(reader, spec).await?);
+        let mut changes = Vec::with_capacity(SLICE_ROWS);
+        loop {
+            let next = stream.next().await;
+            let end = next.is_none();
+            if let Some(tuple) = next {
+                changes.push(Change::Insert { table, new: tuple? });
+                if changes.len() < SLICE_ROWS {
+                    continue;
+                }
+            }
+            aggregate(engine, &mut work, table, std::mem::take(&mut changes), done)?;
+            if work.entries() >= chunk_entries || work.is_spilled() {
+                write_chunk(store, engine, std::mem::take(&mut work), done)?;
+                progress.set(done.rows);
+            }
+            if end {
+                break;
+            }
+        }
+    }
+    write_chunk(store, engine, work, done)?;
+    progress.set(done.rows);
+    Ok(())
 }
 
 /// Aggregates a slice of snapshot rows into `work`, counting it in `done`.

@@ -242,7 +242,7 @@ impl AccumCache {
 }
 
 /// Where an accumulator missing from the work comes from.
-enum Source {
+enum Origin {
     Cached(Accum),
     /// Never written: a new accumulator.
     New,
@@ -339,7 +339,9 @@ impl Engine {
     /// Runs `backfill` (which aggregates a snapshot of `facts` rows with
     /// [`Engine::apply_snapshot`] into a state that holds no accumulator)
     /// with the filter of the accumulator keys it writes, dropped after it
-    /// however it ends: past the backfill, a key may be written elsewhere.
+    /// whether it succeeds or fails: past the backfill, a key may be written
+    /// elsewhere. (A backfill cancelled mid-way drops its pipeline, and the
+    /// engine with it.)
     pub async fn backfilling<T, E>(
         &mut self,
         facts: u64,
@@ -755,20 +757,20 @@ impl Engine {
                     // Spilled empty (removed): as new.
                     return Ok(e.insert(acc.unwrap_or_else(|| Accum::new(family))));
                 }
-                let source = {
+                let origin = {
                     let mut cache = self.cache();
                     match cache.take(e.key()) {
-                        Some(acc) => Source::Cached(acc),
+                        Some(acc) => Origin::Cached(acc),
                         None => match cache.backfilled.as_mut().map(|f| f.insert(e.key())) {
-                            Some(false) => Source::New,
-                            _ => Source::Store,
+                            Some(false) => Origin::New,
+                            _ => Origin::Store,
                         },
                     }
                 };
-                let acc = match source {
-                    Source::Cached(acc) => acc,
-                    Source::New => Accum::new(family),
-                    Source::Store => self
+                let acc = match origin {
+                    Origin::Cached(acc) => acc,
+                    Origin::New => Accum::new(family),
+                    Origin::Store => self
                         .store
                         .get(e.key())?
                         .unwrap_or_else(|| Accum::new(family)),

@@ -328,10 +328,7 @@ impl Engine {
     pub fn apply(&mut self, work: &mut Work, txn: Transaction) -> Result<(), AggregateError> {
         for change in txn.changes {
             self.apply_change(work, change)?;
-            work.changes += 1;
-            if work.entries() > self.work_entries {
-                self.spill(work)?;
-            }
+            self.applied(work)?;
         }
         Ok(())
     }
@@ -372,10 +369,17 @@ impl Engine {
                 return Err(AggregateError::NotSnapshotRow);
             };
             self.upsert(work, table, None, new, Stored::Never)?;
-            work.changes += 1;
-            if work.entries() > self.work_entries {
-                self.spill(work)?;
-            }
+            self.applied(work)?;
+        }
+        Ok(())
+    }
+
+    /// Counts a change applied to `work`, and spills the work once it
+    /// outgrows its bound.
+    fn applied(&self, work: &mut Work) -> Result<(), AggregateError> {
+        work.changes += 1;
+        if work.entries() > self.work_entries {
+            self.spill(work)?;
         }
         Ok(())
     }

@@ -192,9 +192,7 @@ pub async fn replay(
         Shutdown::default(),
     )
     .await;
-    let dropped = sql
-        .execute("SELECT pg_drop_replication_slot($1)", &[&copy])
-        .await;
+    let dropped = crate::source::setup::drop_slot_once_released(&sql, &copy).await;
     if let Err(e) = dropped {
         tracing::warn!(slot = copy, error = %e, "could not drop the replay's slot copy: drop it by hand");
     }

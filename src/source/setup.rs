@@ -126,6 +126,40 @@ pub async fn drop_slot_if_exists(client: &Client, slot: &str) -> Result<(), Setu
     }
 }
 
+/// Drops `slot` (if it exists) once no session holds it, waiting up to
+/// [`RELEASE_WAIT`]: the server ends a replication session some time after
+/// its client has gone, so a drop right after a stream ends can find the
+/// slot still active and fail, leaving it to retain WAL.
+pub async fn drop_slot_once_released(client: &Client, slot: &str) -> Result<(), SetupError> {
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        let row = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .map_err(sql("looking up the slot"))?;
+        match row.map(|r| r.get::<_, bool>(0)) {
+            None => return Ok(()),
+            Some(false) => {
+                client
+                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                    .await
+                    .map_err(sql("dropping the replication slot"))?;
+                return Ok(());
+            }
+            Some(true) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Some(true) => return Err(SetupError::SlotActive(slot.to_owned())),
+        }
+    }
+}
+
+/// How long [`drop_slot_once_released`] waits for a slot's session to end.
+pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Creates the publication, or adds the tables missing from it. The slot is
 /// created by the first `raa run`, which backfills from its snapshot.
 pub async fn create_publication(client: &Client, publication: &str) -> Result<(), SetupError> {

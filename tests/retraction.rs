@@ -1,7 +1,8 @@
 //! Exact retraction in the engine, without PostgreSQL: any sequence of
 //! inserts, updates, deletes and dimension changes (state types, tenant
-//! zones) over every fact table leaves the same aggregate rows as loading
-//! only the final rows into an empty state. Interval periods open, close,
+//! zones, technical descriptors, resources; rows that arrive after their
+//! facts, and rows deleted) over every fact table leaves the same aggregate
+//! rows as loading only the final rows into an empty state. Interval periods open, close,
 //! move and change type; maxima lose their maximal fact; tables are
 //! truncated. The history runs with a work bound of a few dozen entries, so
 //! its batches spill to disk mid-transaction and are read back from there.
@@ -20,6 +21,12 @@ type Rows = BTreeMap<(u16, raa::aggregate::Level, i64, Vec<Option<i64>>), Vec<Op
 const BASE: i64 = 1_772_841_600;
 const ZONES: [Option<&str>; 3] = [Some("America/New_York"), Some("Asia/Kolkata"), None];
 const STATE_TYPES: [&str; 3] = ["Ready", "Busy", "NotReady"];
+/// Technical descriptors: (technical_result, resource_role).
+const DESCRIPTORS: [(&str, &str); 3] = [
+    ("Abandoned", "Received"),
+    ("Completed", "Received"),
+    ("Completed", "Initiated"),
+];
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -28,12 +35,16 @@ enum Op {
     Session(i64, i64, i64, Option<i64>),
     /// A segment (key, tenant, queue, start offset, mediation duration).
     Segment(i64, i64, i64, i64, i64),
-    /// An IRF row (key, tenant, anchor, start offset, talk duration).
-    Irf(i64, i64, i64, i64, i64),
+    /// An IRF row (key, tenant, anchor, start offset, talk duration,
+    /// technical descriptor, resource).
+    Irf(i64, i64, i64, i64, i64, i64, i64),
     Delete(Table, i64),
     Truncate(Table),
     StateType(i64, usize),
     Zone(i64, usize),
+    Descriptor(i64, usize),
+    /// A resource (key, whether it is an agent).
+    Resource(i64, bool),
 }
 
 fn ints(values: &[Option<i64>]) -> Tuple {
@@ -106,11 +117,12 @@ fn change(op: &Op) -> Change {
                 (d % 2 == 0).then_some(k),
             ]),
         ),
-        Op::Irf(k, t, anchor, start, talk) => {
+        Op::Irf(k, t, anchor, start, talk, descriptor, resource) => {
             let mut v = vec![Some(1); 22];
             v[0] = Some(k);
             v[1] = Some(t);
-            v[5] = Some(1);
+            v[5] = Some(resource);
+            v[6] = Some(descriptor);
             v[9] = Some(BASE + start);
             v[11] = Some(anchor);
             v[15] = Some(talk);
@@ -128,12 +140,28 @@ fn change(op: &Op) -> Change {
             text_row(k, &[Some(STATE_TYPES[ty]), Some("s")]),
         ),
         Op::Zone(k, z) => upsert(Table::Tenant, text_row(k, &[Some("t"), ZONES[z]])),
+        Op::Descriptor(k, d) => {
+            let (result, role) = DESCRIPTORS[d];
+            upsert(
+                Table::TechnicalDescriptor,
+                text_row(k, &[Some(result), None, Some(role)]),
+            )
+        }
+        Op::Resource(k, agent) => upsert(
+            Table::Resource,
+            text_row(
+                k,
+                &[Some(if agent { "Agent" } else { "Queue" }), Some("r"), None],
+            ),
+        ),
     }
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let key = 1_i64..6;
-    let tenant = 1_i64..3;
+    // Tenant 3, state 3, descriptor 2 and resource 2 are not among the
+    // first dimension rows: their facts come first, if they come at all.
+    let tenant = 1_i64..4;
     let start = -7_200_i64..2 * 86_400;
     let len = prop_oneof![
         Just(None),
@@ -144,7 +172,11 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Table::SmResState),
         Just(Table::SmResSession),
         Just(Table::Msf),
-        Just(Table::Irf)
+        Just(Table::Irf),
+        Just(Table::Tenant),
+        Just(Table::ResourceState),
+        Just(Table::TechnicalDescriptor),
+        Just(Table::Resource)
     ];
     prop_oneof![
         (
@@ -165,12 +197,22 @@ fn op() -> impl Strategy<Value = Op> {
             0_i64..4
         )
             .prop_map(|(k, t, q, st, d)| Op::Segment(k, t, q, st, d * 100)),
-        (key.clone(), tenant.clone(), 0_i64..2, start, 0_i64..3)
-            .prop_map(|(k, t, a, st, d)| Op::Irf(k, t, a, st, d * 60)),
+        (
+            key.clone(),
+            tenant.clone(),
+            0_i64..2,
+            start,
+            0_i64..3,
+            1_i64..3,
+            1_i64..3
+        )
+            .prop_map(|(k, t, a, st, d, td, r)| Op::Irf(k, t, a, st, d * 60, td, r)),
         (table.clone(), key).prop_map(|(t, k)| Op::Delete(t, k)),
         table.prop_map(Op::Truncate),
-        (1_i64..3, 0_usize..3).prop_map(|(k, ty)| Op::StateType(k, ty)),
-        (1_i64..3, 0_usize..3).prop_map(|(k, z)| Op::Zone(k, z)),
+        (1_i64..4, 0_usize..3).prop_map(|(k, ty)| Op::StateType(k, ty)),
+        (1_i64..4, 0_usize..3).prop_map(|(k, z)| Op::Zone(k, z)),
+        (1_i64..3, 0_usize..3).prop_map(|(k, d)| Op::Descriptor(k, d)),
+        (1_i64..3, any::<bool>()).prop_map(|(k, a)| Op::Resource(k, a)),
     ]
 }
 
@@ -282,27 +324,41 @@ fn stream_and_load(ops: &[Op], cuts: &[usize], work_entries: usize) -> (Rows, us
 #[test]
 fn a_history_that_spills_equals_loading_the_final_rows() {
     let ops = [
-        Op::Irf(1, 1, 0, 0, 60),
+        Op::Irf(1, 1, 0, 0, 60, 1, 1),
         Op::Segment(2, 1, 1000, 3_600, 200),
         Op::State(1, 1, 1, 0, Some(40_000)),
         Op::Session(1, 1, 0, Some(7_200)),
         Op::StateType(1, 1),
         Op::Zone(1, 1),
-        Op::Irf(1, 2, 1, 86_400, 120),
+        Op::Irf(1, 2, 1, 86_400, 120, 1, 1),
         Op::Truncate(Table::SmResSession),
         Op::Session(2, 2, 600, Some(300)),
         Op::Delete(Table::Msf, 2),
         Op::Segment(3, 2, 1001, 7_200, 100),
         Op::Zone(2, 0),
+        // Facts before their tenant, state, descriptor and resource rows.
+        Op::State(2, 3, 3, 1_800, Some(600)),
+        Op::Irf(2, 3, 0, 3_600, 60, 2, 2),
+        Op::Segment(4, 3, 1000, 900, 300),
+        Op::Zone(3, 2),
+        Op::Descriptor(2, 0),
+        Op::Resource(2, true),
+        Op::StateType(3, 1),
+        // Present rows deleted, then back.
+        Op::Delete(Table::TechnicalDescriptor, 1),
+        Op::Delete(Table::Tenant, 1),
+        Op::Descriptor(1, 2),
+        Op::Zone(1, 0),
+        Op::Delete(Table::ResourceState, 3),
     ];
-    let (streamed, spills, loaded) = stream_and_load(&ops, &[8], 10);
+    let (streamed, spills, loaded) = stream_and_load(&ops, &[8, 14, 18], 10);
     assert!(spills >= 2, "{spills} spilled batches");
     assert!(!loaded.is_empty());
     assert_eq!(streamed, loaded);
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn any_history_equals_loading_the_final_rows(

@@ -443,11 +443,11 @@ impl Engine {
         if let Some(old) = old_key.filter(|&o| o != key) {
             self.delete(w, table, old)?;
         }
-        if Dim::of_table(table).is_some() {
+        if let Some(dim) = Dim::of_table(table) {
             let dk = DimKey { table, key };
             let prior = self.dims.get(&dk).cloned();
             let row = resolve(table, key, new, prior.as_ref())?;
-            self.set_dim(w, dk, Some(row))
+            self.set_dim(w, dim, dk, Some(row))
         } else {
             let fk = FactKey { table, key };
             let prior = match stored {
@@ -467,8 +467,8 @@ impl Engine {
     }
 
     fn delete(&mut self, w: &mut Work, table: Table, key: RowKey) -> Result<(), AggregateError> {
-        if Dim::of_table(table).is_some() {
-            return self.set_dim(w, DimKey { table, key }, None);
+        if let Some(dim) = Dim::of_table(table) {
+            return self.set_dim(w, dim, DimKey { table, key }, None);
         }
         let fk = FactKey { table, key };
         if let Some(prior) = self.take_fact(w, fk)? {
@@ -525,6 +525,7 @@ impl Engine {
     fn set_dim(
         &mut self,
         w: &mut Work,
+        dim: Dim,
         dk: DimKey,
         row: Option<Row>,
     ) -> Result<(), AggregateError> {
@@ -536,8 +537,33 @@ impl Engine {
         if prior == row {
             return Ok(());
         }
-        for fk in self.referencing_facts(w, dk)? {
-            let Some(mut rec) = self.take_fact(w, fk)? else {
+        // A row of a dimension that is not selective is indexed only while
+        // missing (see `Dim::selective`): its arrival finds its facts in the
+        // index and takes them out; its removal puts them in.
+        let missing = match (dim.selective(), prior.is_some(), row.is_some()) {
+            (false, false, true) => Some(false),
+            (false, true, false) => Some(true),
+            _ => None,
+        };
+        for fk in self.referencing_facts(w, dim, dk, prior.is_some())? {
+            let rec = self.take_fact(w, fk)?;
+            let refers = rec
+                .as_ref()
+                .is_some_and(|r| references(dim, fk, &r.row, dk));
+            match missing {
+                // Every entry found goes, stale ones included.
+                Some(false) => {
+                    w.index.insert(IndexKey { dim: dk, fact: fk }, false);
+                }
+                Some(true) if refers => {
+                    w.index.insert(IndexKey { dim: dk, fact: fk }, true);
+                }
+                _ => {}
+            }
+            let Some(mut rec) = rec else {
+                // Deleted (or a stale entry): the tombstone goes back, or
+                // an older record on disk would show through.
+                w.facts.insert(fk, None);
                 continue;
             };
             self.retract(w, fk, &rec.contribs)?;
@@ -548,8 +574,77 @@ impl Engine {
         Ok(())
     }
 
-    /// Facts whose row references `dk`, from the store's index and this batch's changes to it.
-    fn referencing_facts(&self, w: &Work, dk: DimKey) -> Result<Vec<FactKey>, AggregateError> {
+    /// Facts whose row may reference `dk` (a superset: re-deriving a fact
+    /// that does not is harmless): from the index when it holds them (a
+    /// selective dimension, or a row that was missing), else from a scan of
+    /// the facts of every table that reads `dim`.
+    fn referencing_facts(
+        &self,
+        w: &Work,
+        dim: Dim,
+        dk: DimKey,
+        was_present: bool,
+    ) -> Result<Vec<FactKey>, AggregateError> {
+        if dim.selective() || !was_present {
+            self.indexed_facts(w, dk)
+        } else {
+            self.scanned_facts(w, dim, dk)
+        }
+    }
+
+    /// The facts of every table reading `dim` whose row references `dk`:
+    /// the store's, then this batch's on disk and in memory (whichever
+    /// version references it: a superset).
+    fn scanned_facts(
+        &self,
+        w: &Work,
+        dim: Dim,
+        dk: DimKey,
+    ) -> Result<Vec<FactKey>, AggregateError> {
+        let mut out = Vec::new();
+        for (&table, dims) in &self.indexed {
+            if !dims.contains(&dim) {
+                continue;
+            }
+            let prefix = FactKey::table_prefix(table);
+            let fact = |k: &[u8]| {
+                FactKey::decode_key(k)
+                    .map(|key| FactKey { table, key })
+                    .ok_or(AggregateError::CorruptKey { what: "fact" })
+            };
+            for item in self.store.scan::<FactRecord>(Space::Fact, &prefix) {
+                let (k, rec) = item?;
+                let fk = fact(&k)?;
+                if references(dim, fk, &rec.row, dk) {
+                    out.push(fk);
+                }
+            }
+            for item in w
+                .spilled
+                .iter()
+                .flat_map(|p| p.scan::<FactRecord>(Space::Fact, &prefix))
+            {
+                if let (k, Some(rec)) = item? {
+                    let fk = fact(&k)?;
+                    if references(dim, fk, &rec.row, dk) {
+                        out.push(fk);
+                    }
+                }
+            }
+        }
+        out.extend(w.facts.iter().filter_map(|(&fk, rec)| {
+            rec.as_ref()
+                .filter(|r| references(dim, fk, &r.row, dk))
+                .map(|_| fk)
+        }));
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The facts the index holds for `dk`: the store's, then this batch's
+    /// changes to it.
+    fn indexed_facts(&self, w: &Work, dk: DimKey) -> Result<Vec<FactKey>, AggregateError> {
         let prefix = IndexKey::dim_prefix(dk);
         let mut out = Vec::new();
         for item in self.store.scan::<()>(Space::Index, &prefix) {
@@ -617,6 +712,15 @@ impl Engine {
             if before == after {
                 continue;
             }
+            // A dimension that is not selective indexes only missing rows.
+            let indexes = |k: &i64| {
+                dim.selective()
+                    || !self.dims.contains_key(&DimKey {
+                        table: dim.table(),
+                        key: RowKey(*k),
+                    })
+            };
+            let (before, after) = (before.filter(indexes), after.filter(indexes));
             let entry = |k: i64| IndexKey {
                 dim: DimKey {
                     table: dim.table(),
@@ -982,6 +1086,13 @@ impl Engine {
     }
 }
 
+/// Whether the fact `fk`'s row references the dimension row `dk`.
+fn references(dim: Dim, fk: FactKey, row: &Row, dk: DimKey) -> bool {
+    dim.fk_slot(fk.table.spec())
+        .and_then(|slot| row.int(slot))
+        .is_some_and(|k| k == dk.key.0)
+}
+
 /// The dimensions a fact table is indexed by: every one a family of it reads.
 fn index_dims(table: Table) -> Vec<Dim> {
     let mut out: Vec<Dim> = FAMILIES
@@ -1022,7 +1133,7 @@ fn resolve(
 mod tests {
     use super::*;
     use crate::decode::Transaction;
-    use raa_state::Lsn;
+    use raa_state::{Lsn, StateKey};
 
     /// An agent session (all-integer columns) of `len` seconds at `start`.
     fn session(key: i64, start: i64, len: i64) -> Change {
@@ -1138,6 +1249,128 @@ mod tests {
         engine.apply(&mut work, txn).unwrap();
         assert_eq!(work.entries(), 0);
         assert!(!work.is_empty());
+    }
+
+    /// The state indexes IRF facts by their resource always, and by their
+    /// tenant and technical descriptor only while that row is missing: its
+    /// arrival takes the entries out, its deletion puts them in. (Whether
+    /// the aggregates stay exact is `tests/retraction.rs`'s.)
+    #[test]
+    fn few_row_dimensions_index_facts_only_while_their_row_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let mut engine = Engine::open(store.clone(), Settings::default()).unwrap();
+        let text_row = |table, key: i64, texts: &[&str]| Change::Insert {
+            table,
+            new: Tuple(
+                std::iter::once(Value::Int(key))
+                    .chain(texts.iter().map(|&t| Value::Text(t.into())))
+                    .map(Some)
+                    .collect(),
+            ),
+        };
+        let tenant = |key| text_row(Table::Tenant, key, &["t", "UTC"]);
+        let descriptor = |key| {
+            text_row(
+                Table::TechnicalDescriptor,
+                key,
+                &["Completed", "", "Received"],
+            )
+        };
+        let irf = |key: i64, tenant: i64, descriptor: i64| {
+            let mut v = vec![1; 22];
+            v[0] = key;
+            v[1] = tenant;
+            v[6] = descriptor;
+            v[9] = 1_772_841_600;
+            Change::Insert {
+                table: Table::Irf,
+                new: Tuple(v.into_iter().map(|i| Some(Value::Int(i))).collect()),
+            }
+        };
+        let mut lsn = 0;
+        let mut apply = |engine: &mut Engine, changes: Vec<Change>| {
+            lsn += 100;
+            let mut work = Work::default();
+            engine
+                .apply(&mut work, Transaction::read_at(Lsn(lsn), changes))
+                .unwrap();
+            let out = engine.finish(work).unwrap();
+            store.commit(out.state, Lsn(lsn)).unwrap();
+        };
+        let entry = |dim: Table, dim_key: i64, fact: i64| {
+            let mut out = Vec::new();
+            IndexKey {
+                dim: DimKey {
+                    table: dim,
+                    key: RowKey(dim_key),
+                },
+                fact: FactKey {
+                    table: Table::Irf,
+                    key: RowKey(fact),
+                },
+            }
+            .encode_key(&mut out);
+            out
+        };
+        let index = || -> std::collections::BTreeSet<Vec<u8>> {
+            store
+                .scan_keys(Space::Index, &[])
+                .map(Result::unwrap)
+                .collect()
+        };
+        let resource = text_row(Table::Resource, 1, &["Agent", "a", "1"]);
+
+        // Fact 10's rows are all present; fact 11's tenant 2 and descriptor
+        // 2 are missing.
+        apply(
+            &mut engine,
+            vec![
+                tenant(1),
+                descriptor(1),
+                resource,
+                irf(10, 1, 1),
+                irf(11, 2, 2),
+            ],
+        );
+        assert_eq!(
+            index(),
+            [
+                entry(Table::Resource, 1, 10),
+                entry(Table::Resource, 1, 11),
+                entry(Table::Tenant, 2, 11),
+                entry(Table::TechnicalDescriptor, 2, 11),
+            ]
+            .into()
+        );
+        apply(&mut engine, vec![tenant(2), descriptor(2)]);
+        assert_eq!(
+            index(),
+            [entry(Table::Resource, 1, 10), entry(Table::Resource, 1, 11)].into()
+        );
+        // Deleted, descriptor 1 is missing for fact 10 (found by a scan of
+        // the facts); back, it is not.
+        apply(
+            &mut engine,
+            vec![Change::Delete {
+                table: Table::TechnicalDescriptor,
+                key: RowKey(1),
+            }],
+        );
+        assert_eq!(
+            index(),
+            [
+                entry(Table::Resource, 1, 10),
+                entry(Table::Resource, 1, 11),
+                entry(Table::TechnicalDescriptor, 1, 10),
+            ]
+            .into()
+        );
+        apply(&mut engine, vec![descriptor(1)]);
+        assert_eq!(
+            index(),
+            [entry(Table::Resource, 1, 10), entry(Table::Resource, 1, 11)].into()
+        );
     }
 
     #[test]

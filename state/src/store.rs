@@ -417,11 +417,9 @@ impl Store {
                 requested: applied,
             });
         }
-        batch
-            .inner
-            .insert(META_APPLIED.to_vec(), Some(encode(Space::Meta, &applied)?));
+        batch.put_applied(applied)?;
         self.writer
-            .submit(batch.inner, Some(applied), hold)
+            .submit(batch.into_writes(), Some(applied), hold)
             .map_err(wait_err)?;
         self.submitted.store(applied.0, Ordering::Release);
         Ok(())
@@ -440,7 +438,7 @@ impl Store {
             return Err(StateError::Anchored { applied });
         }
         self.writer
-            .submit(batch.inner, None, Hold::No)
+            .submit(batch.into_writes(), None, Hold::No)
             .map_err(wait_err)
     }
 
@@ -477,15 +475,14 @@ impl Store {
             });
         }
         self.wait()?;
-        batch
-            .inner
-            .insert(META_APPLIED.to_vec(), Some(encode(Space::Meta, &applied)?));
-        let seal = crate::provisional::encode_seal(&batch.inner)?;
+        batch.put_applied(applied)?;
+        let writes = batch.into_writes();
+        let seal = crate::provisional::encode_seal(&writes)?;
         self.tree
             .insert(META_PROVISIONAL, seal)
             .map_err(io("commit"))?;
         self.db.flush().map_err(io("flush"))?;
-        self.apply_provisional(&provisional, &batch.inner)?;
+        self.apply_provisional(&provisional, &writes)?;
         self.submitted.store(applied.0, Ordering::Release);
         self.applied.store(applied.0, Ordering::Release);
         Ok(())
@@ -504,7 +501,7 @@ impl Store {
             return Err(StateError::Anchored { applied });
         }
         self.wait()?;
-        self.apply_provisional(&provisional, &batch.inner)
+        self.apply_provisional(&provisional, &batch.into_writes())
     }
 
     fn apply_provisional(
@@ -657,50 +654,68 @@ impl Store {
     }
 }
 
-/// Puts and removes to apply together with an applied LSN.
+/// Puts and removes to apply together with an applied LSN; the last write
+/// of a key wins.
+///
+/// Kept in the order written and sorted once, by [`Batch::into_writes`]:
+/// inserting each write into a B-tree as it came (in the engine's hash
+/// order) was a sixth of a backfill's aggregating thread (perf, 300 000
+/// facts).
 #[derive(Default)]
 pub struct Batch {
-    inner: Writes,
-    ops: usize,
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Batch {
     pub fn put<K: StateKey, V: Serialize>(&mut self, key: &K, value: &V) -> Result<(), StateError> {
-        self.inner
-            .insert(full_key(key), Some(encode(K::SPACE, value)?));
-        self.ops += 1;
+        self.writes
+            .push((full_key(key), Some(encode(K::SPACE, value)?)));
         Ok(())
     }
 
     pub fn remove<K: StateKey>(&mut self, key: &K) {
-        self.inner.insert(full_key(key), None);
-        self.ops += 1;
+        self.writes.push((full_key(key), None));
     }
 
     /// Removes a key as returned by [`Store::scan`] of `space`.
     pub fn remove_raw(&mut self, space: Space, key: &[u8]) {
-        self.inner.insert(space_key(space, key), None);
-        self.ops += 1;
+        self.writes.push((space_key(space, key), None));
     }
 
     pub fn put_meta<V: Serialize>(&mut self, name: &str, value: &V) -> Result<(), StateError> {
-        self.inner
-            .insert(meta_key(name), Some(encode(Space::Meta, value)?));
-        self.ops += 1;
+        self.writes
+            .push((meta_key(name), Some(encode(Space::Meta, value)?)));
         Ok(())
     }
 
-    pub(crate) fn into_writes(self) -> Writes {
-        self.inner
+    /// Sets the applied LSN the batch seals.
+    fn put_applied(&mut self, applied: Lsn) -> Result<(), StateError> {
+        self.writes
+            .push((META_APPLIED.to_vec(), Some(encode(Space::Meta, &applied)?)));
+        Ok(())
+    }
+
+    /// The writes in key order, one a key: its last.
+    pub(crate) fn into_writes(mut self) -> Writes {
+        // Stable: a key's writes stay in the order written.
+        self.writes.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut last: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::with_capacity(self.writes.len());
+        for (k, v) in self.writes {
+            match last.last_mut() {
+                Some(prev) if prev.0 == k => prev.1 = v,
+                _ => last.push((k, v)),
+            }
+        }
+        last.into_iter().collect()
     }
 
     /// How many puts and removes the batch holds.
     pub fn len(&self) -> usize {
-        self.ops
+        self.writes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ops == 0
+        self.writes.is_empty()
     }
 }
 
@@ -756,6 +771,27 @@ mod tests {
         fn encode_key(&self, out: &mut Vec<u8>) {
             out.extend_from_slice(&self.0.to_be_bytes());
         }
+    }
+
+    /// The last write of a key in a batch wins, whatever was written
+    /// between (the batch sorts its writes only when handed over).
+    #[test]
+    fn a_batchs_last_write_of_a_key_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(&FactId(1), &1_u64).unwrap();
+        b.put(&FactId(3), &3_u64).unwrap();
+        b.put(&FactId(2), &2_u64).unwrap();
+        b.remove(&FactId(1));
+        b.put(&FactId(3), &30_u64).unwrap();
+        b.put(&FactId(1), &10_u64).unwrap();
+        b.remove(&FactId(2));
+        assert_eq!(b.len(), 7, "writes, not keys");
+        store.commit(b, Lsn(5)).unwrap();
+        let get = |id| store.get::<_, u64>(&FactId(id)).unwrap();
+        assert_eq!((get(1), get(2), get(3)), (Some(10), None, Some(30)));
+        assert_eq!(store.applied_lsn(), Some(Lsn(5)));
     }
 
     #[test]
@@ -1308,11 +1344,8 @@ mod tests {
             for i in 2..3_000 {
                 b.put(&FactId(i), &i).unwrap();
             }
-            b.inner.insert(
-                META_APPLIED.to_vec(),
-                Some(encode(Space::Meta, &Lsn(9)).unwrap()),
-            );
-            let redo = codec::encode(&b.inner).unwrap();
+            b.put_applied(Lsn(9)).unwrap();
+            let redo = codec::encode(&b.into_writes()).unwrap();
             store.tree.insert(crate::writer::META_REDO, redo).unwrap();
             store.db.flush().unwrap();
             assert_eq!(store.applied_lsn(), Some(Lsn(5)));

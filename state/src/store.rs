@@ -657,7 +657,7 @@ impl Store {
 /// Puts and removes to apply together with an applied LSN; the last write
 /// of a key wins.
 ///
-/// Kept in the order written and sorted once, by [`Batch::into_writes`]:
+/// Kept in the order written and sorted once, when handed to the store:
 /// inserting each write into a B-tree as it came (in the engine's hash
 /// order) was a sixth of a backfill's aggregating thread (perf, 300 000
 /// facts).

@@ -164,7 +164,9 @@ pub struct Engine {
     settings: Settings,
     dims: FxHashMap<DimKey, Row>,
     zones: HashMap<String, TimeZone>,
-    /// Per fact table, the dimensions its facts are indexed by (from the catalog).
+    /// Per fact table, the dimensions its families read (from the catalog):
+    /// its facts are indexed by the rows of the selective ones, and by the
+    /// others' missing rows (see [`Dim::selective`]).
     indexed: HashMap<Table, Vec<Dim>>,
     /// Accumulators as the last finished batch left them, so the next batch
     /// need not read and decode them from the store again (the recent buckets
@@ -1093,7 +1095,7 @@ fn references(dim: Dim, fk: FactKey, row: &Row, dk: DimKey) -> bool {
         .is_some_and(|k| k == dk.key.0)
 }
 
-/// The dimensions a fact table is indexed by: every one a family of it reads.
+/// The dimensions a fact table's families read, which its facts are indexed by.
 fn index_dims(table: Table) -> Vec<Dim> {
     let mut out: Vec<Dim> = FAMILIES
         .iter()

@@ -2,10 +2,11 @@
 //! inserts, updates, deletes and dimension changes (state types, tenant
 //! zones, technical descriptors, resources; rows that arrive after their
 //! facts, and rows deleted) over every fact table leaves the same aggregate
-//! rows as loading only the final rows into an empty state. Interval periods open, close,
-//! move and change type; maxima lose their maximal fact; tables are
-//! truncated. The history runs with a work bound of a few dozen entries, so
-//! its batches spill to disk mid-transaction and are read back from there.
+//! rows as loading only the final rows into an empty state. Interval
+//! periods open, close, move and change type; maxima lose their maximal
+//! fact; tables are truncated. The history runs with a work bound of a few
+//! dozen entries, so its batches spill to disk mid-transaction and are read
+//! back from there.
 
 use proptest::prelude::*;
 use raa::aggregate::{spilled_rows, Engine, Settings, Work};

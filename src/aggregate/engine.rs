@@ -549,15 +549,16 @@ impl Engine {
         };
         for fk in self.referencing_facts(w, dim, dk, prior.is_some())? {
             let rec = self.take_fact(w, fk)?;
-            let refers = rec
-                .as_ref()
-                .is_some_and(|r| references(dim, fk, &r.row, dk));
             match missing {
                 // Every entry found goes, stale ones included.
                 Some(false) => {
                     w.index.insert(IndexKey { dim: dk, fact: fk }, false);
                 }
-                Some(true) if refers => {
+                Some(true)
+                    if rec
+                        .as_ref()
+                        .is_some_and(|r| references(dim, fk, &r.row, dk)) =>
+                {
                     w.index.insert(IndexKey { dim: dk, fact: fk }, true);
                 }
                 _ => {}

@@ -102,21 +102,10 @@ pub async fn check_server(client: &Client) -> Result<(), SetupError> {
 /// Drops `slot` if it exists and no session uses it: a new state starts with
 /// a new slot, whose exported snapshot it backfills from.
 pub async fn drop_slot_if_exists(client: &Client, slot: &str) -> Result<(), SetupError> {
-    let row = client
-        .query_opt(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(sql("looking up the slot"))?;
-    match row.map(|r| r.get::<_, bool>(0)) {
-        None => Ok(()),
-        Some(true) => Err(SetupError::SlotActive(slot.to_owned())),
-        Some(false) => {
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                .await
-                .map_err(sql("dropping the replication slot"))?;
+    match try_drop_slot(client, slot).await? {
+        SlotDrop::Absent => Ok(()),
+        SlotDrop::Active => Err(SetupError::SlotActive(slot.to_owned())),
+        SlotDrop::Dropped => {
             tracing::info!(
                 slot,
                 "dropped the previous replication slot of an empty state"
@@ -133,26 +122,42 @@ pub async fn drop_slot_if_exists(client: &Client, slot: &str) -> Result<(), Setu
 pub async fn drop_slot_once_released(client: &Client, slot: &str) -> Result<(), SetupError> {
     let deadline = std::time::Instant::now() + RELEASE_WAIT;
     loop {
-        let row = client
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(sql("looking up the slot"))?;
-        match row.map(|r| r.get::<_, bool>(0)) {
-            None => return Ok(()),
-            Some(false) => {
-                client
-                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                    .await
-                    .map_err(sql("dropping the replication slot"))?;
-                return Ok(());
-            }
-            Some(true) if std::time::Instant::now() < deadline => {
+        match try_drop_slot(client, slot).await? {
+            SlotDrop::Absent | SlotDrop::Dropped => return Ok(()),
+            SlotDrop::Active if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            Some(true) => return Err(SetupError::SlotActive(slot.to_owned())),
+            SlotDrop::Active => return Err(SetupError::SlotActive(slot.to_owned())),
+        }
+    }
+}
+
+/// What [`try_drop_slot`] found.
+enum SlotDrop {
+    Absent,
+    /// A session holds it: not dropped.
+    Active,
+    Dropped,
+}
+
+/// Drops `slot` unless it is missing or a session holds it.
+async fn try_drop_slot(client: &Client, slot: &str) -> Result<SlotDrop, SetupError> {
+    let row = client
+        .query_opt(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(sql("looking up the slot"))?;
+    match row.map(|r| r.get::<_, bool>(0)) {
+        None => Ok(SlotDrop::Absent),
+        Some(true) => Ok(SlotDrop::Active),
+        Some(false) => {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(sql("dropping the replication slot"))?;
+            Ok(SlotDrop::Dropped)
         }
     }
 }

@@ -176,6 +176,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
     let mut g = c.benchmark_group("interval split");
     let tz = raa::aggregate::bucket::zone(Some("America/New_York")).unwrap();
+    let mut cal = raa::aggregate::Calendar::new(tz);
     let start = 1_793_480_000; // the evening before New York's 2026 fall-back
     for (name, hours) in [
         ("15 minutes", 0.25),
@@ -184,7 +185,9 @@ fn bench(c: &mut Criterion) {
     ] {
         let end = start + (hours * 3600.0) as i64;
         g.bench_function(format!("{name}, seven levels"), |b| {
-            b.iter(|| raa::aggregate::interval::split(start, end, &Level::ALL, &tz, 900).unwrap())
+            b.iter(|| {
+                raa::aggregate::interval::split(start, end, &Level::ALL, &mut cal, 900).unwrap()
+            })
         });
     }
     g.finish();

@@ -9,7 +9,9 @@
 //!   instant of its first local day, so a day can last 23 or 25 hours.
 //!
 //! `verify`'s SQL mirrors these rules ([`Level::sql_bucket`]); a property test
-//! against a real PostgreSQL checks that both agree.
+//! against a real PostgreSQL checks that both agree. These functions are the
+//! reference: the engine asks a cached [`super::calendar::Calendar`], which
+//! is tested equal to them.
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -76,7 +78,11 @@ impl Level {
             source,
         };
         match self {
-            Level::Subhr => Ok(ts - ts.rem_euclid(subhr_seconds)),
+            Level::Subhr => ts.checked_sub(ts.rem_euclid(subhr_seconds)).ok_or_else(|| {
+                err(jiff::Error::from_args(format_args!(
+                    "the bucket starts before the earliest representable second"
+                )))
+            }),
             Level::Hour => {
                 let instant = Timestamp::from_second(ts).map_err(err)?;
                 let offset = i64::from(tz.to_offset(instant).seconds());

@@ -19,13 +19,13 @@
 
 use super::accum::{Accum, RetractError};
 use super::bucket::{self, BucketError, Level};
+use super::calendar::Calendar;
 use super::catalog::FAMILIES;
 use super::family::{Contribution, Dim, DimRows, Family, Params, Placing};
 use super::keys::{AccumKey, DimKey, FactKey, IndexKey};
 use crate::decode::{Change, Transaction, Tuple};
 use crate::schema::{self, Row, RowKey, Table, Value};
 use fastbloom::BloomFilter;
-use jiff::tz::TimeZone;
 use raa_state::{Batch, Provisional, Space, StateError, Store};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -163,7 +163,10 @@ pub struct Engine {
     store: Arc<Store>,
     settings: Settings,
     dims: FxHashMap<DimKey, Row>,
-    zones: HashMap<String, TimeZone>,
+    /// Per tenant zone name, its calendar (UTC's for an unknown name).
+    zones: FxHashMap<String, Calendar>,
+    /// The calendar of tenants without a zone.
+    utc: Calendar,
     /// Per fact table, the dimensions its families read (from the catalog):
     /// its facts are indexed by the rows of the selective ones, and by the
     /// others' missing rows (see [`Dim::selective`]).
@@ -291,7 +294,8 @@ impl Engine {
             store,
             settings,
             dims,
-            zones: HashMap::new(),
+            zones: FxHashMap::default(),
+            utc: Calendar::new(jiff::tz::TimeZone::UTC),
             indexed,
             cache: std::sync::Mutex::new(AccumCache::default()),
             cache_max: ACCUM_CACHE_BYTES,
@@ -752,12 +756,10 @@ impl Engine {
                     key: RowKey(k),
                 })
             })
-            .and_then(|t| t.get(schema::tenant::TIME_ZONE).as_text())
-            .map(str::to_owned);
-        let tz = self.zone(zone_name.as_deref());
-        let at = Placing {
+            .and_then(|t| t.get(schema::tenant::TIME_ZONE).as_text());
+        let mut at = Placing {
             levels: &self.settings.levels,
-            tz: &tz,
+            calendar: calendar(&mut self.zones, &mut self.utc, zone_name),
             subhr_seconds: self.settings.subhr_seconds,
             params: &self.settings.params,
         };
@@ -776,7 +778,7 @@ impl Engine {
         {
             let contribution =
                 family
-                    .contribute(idx as u16, row, &dims, &at)
+                    .contribute(idx as u16, row, &dims, &mut at)
                     .map_err(|source| AggregateError::Bucket {
                         table: spec.name,
                         key: fk.key.0,
@@ -785,23 +787,6 @@ impl Engine {
             out.extend(contribution);
         }
         Ok(out)
-    }
-
-    /// The tenant's zone; an unknown zone name is read as UTC (and logged once),
-    /// as `verify`'s SQL does.
-    fn zone(&mut self, name: Option<&str>) -> TimeZone {
-        let Some(name) = name else {
-            return TimeZone::UTC;
-        };
-        if let Some(tz) = self.zones.get(name) {
-            return tz.clone();
-        }
-        let tz = bucket::zone(Some(name)).unwrap_or_else(|e| {
-            tracing::warn!(zone = name, error = %e, "unknown tenant time zone: aggregating in UTC");
-            TimeZone::UTC
-        });
-        self.zones.insert(name.to_owned(), tz.clone());
-        tz
     }
 
     fn add(
@@ -1087,6 +1072,27 @@ impl Engine {
         keys.sort();
         keys
     }
+}
+
+/// The calendar of a tenant's zone; an unknown zone name is read as UTC (and
+/// logged once), as `verify`'s SQL does.
+fn calendar<'a>(
+    zones: &'a mut FxHashMap<String, Calendar>,
+    utc: &'a mut Calendar,
+    name: Option<&str>,
+) -> &'a mut Calendar {
+    let Some(name) = name else {
+        return utc;
+    };
+    if !zones.contains_key(name) {
+        let tz = bucket::zone(Some(name)).unwrap_or_else(|e| {
+            tracing::warn!(zone = name, error = %e, "unknown tenant time zone: aggregating in UTC");
+            jiff::tz::TimeZone::UTC
+        });
+        zones.insert(name.to_owned(), Calendar::new(tz));
+    }
+    // Present since the insert above; `utc` only keeps this free of a panic path.
+    zones.get_mut(name).unwrap_or(utc)
 }
 
 /// Whether the fact `fk`'s row references the dimension row `dk`.

@@ -18,9 +18,9 @@
 //! nothing until it closes.
 
 use super::bucket::{BucketError, Level};
+use super::calendar::Calendar;
 use super::interval;
 use crate::schema::{Row, Table, TableSpec};
-use jiff::tz::TimeZone;
 
 /// A dimension a fact references through the foreign key of the same name
 /// (`tenant_key`, `resource_key`, `technical_descriptor_key`, `resource_state_key`).
@@ -241,7 +241,8 @@ impl Contribution {
 /// What a fact's contribution is computed with, besides the fact and its dimensions.
 pub struct Placing<'a> {
     pub levels: &'a [Level],
-    pub tz: &'a TimeZone,
+    /// The tenant's zone.
+    pub calendar: &'a mut Calendar,
     pub subhr_seconds: i64,
     pub params: &'a Params,
 }
@@ -289,7 +290,7 @@ impl Family {
         idx: u16,
         row: &Row,
         dims: &DimRows<'_>,
-        at: &Placing<'_>,
+        at: &mut Placing<'_>,
     ) -> Result<Option<Contribution>, BucketError> {
         let Some((start, end)) = self.period(row) else {
             return Ok(None);
@@ -298,16 +299,17 @@ impl Family {
             return Ok(None);
         }
         let cells = match end {
-            None => Cells::Whole {
-                buckets: at
-                    .levels
-                    .iter()
-                    .map(|l| l.bucket(start, at.tz, at.subhr_seconds))
-                    .collect::<Result<_, _>>()?,
-                values: self.values(row, dims, at.params, 0, true),
-            },
+            None => {
+                let mut buckets = vec![0; at.levels.len()];
+                at.calendar
+                    .buckets(start, at.levels, at.subhr_seconds, &mut buckets)?;
+                Cells::Whole {
+                    buckets,
+                    values: self.values(row, dims, at.params, 0, true),
+                }
+            }
             Some(end) => Cells::Split(
-                interval::split(start, end, at.levels, at.tz, at.subhr_seconds)?
+                interval::split(start, end, at.levels, at.calendar, at.subhr_seconds)?
                     .into_iter()
                     .map(|overlaps| {
                         overlaps

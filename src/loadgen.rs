@@ -12,12 +12,14 @@
 //!   and Berlin: periods that cross hours, days and DST changes, states and
 //!   sessions left open then closed, updates, deletes and late facts.
 //!   [`Generator::dimension_changes`] then changes dimension rows under them.
+//! - [`scale`] generates millions of facts inside PostgreSQL, for benchmarks.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
+pub mod scale;
 mod week;
 use week::WeekLive;
 

@@ -21,7 +21,7 @@ pub enum Table {
     ResourceState,
 }
 
-/// How a column's text value is read.
+/// How a column is read: text in the stream, typed from a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// smallint, integer or bigint, read as i64.

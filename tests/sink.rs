@@ -345,3 +345,256 @@ async fn a_submitted_write_is_confirmed_with_its_outcome_and_hands_the_connectio
     sink.write(Lsn(400), &rows_everywhere(400)).await.unwrap();
     assert_eq!(total_rows(&db).await, 105);
 }
+
+/// Every aggregate table, in the order the state gives its rows.
+fn all_tables() -> Vec<(u16, Level)> {
+    (0..FAMILIES.len() as u16)
+        .flat_map(|f| Level::ALL.into_iter().map(move |l| (f, l)))
+        .collect()
+}
+
+/// `n` rows with distinct keys over every table, one table after the other
+/// in turn (every chunk holds rows of many tables): NULL group columns in
+/// changing patterns, group values at the bounds of `integer`, NULL maxima
+/// and `bigint` measures. `from` offsets the buckets.
+fn state_rows(n: usize, from: i64) -> Vec<OutputRow> {
+    let tables = all_tables();
+    (0..n)
+        .map(|i| {
+            let (f, level) = tables[i % tables.len()];
+            let family = FAMILIES[usize::from(f)];
+            let k = (i / tables.len()) as i64;
+            let group = (0..family.group_by.len())
+                .map(|g| match (k >> g) % 4 {
+                    0 => None,
+                    1 => Some(if g % 2 == 0 { i32::MAX } else { i32::MIN }.into()),
+                    _ => Some(k * 10 + g as i64),
+                })
+                .collect();
+            let values = family
+                .measures
+                .iter()
+                .enumerate()
+                .map(|(m, measure)| {
+                    let nullable = matches!(measure.agg, raa::aggregate::family::Agg::Max(_));
+                    match (k + m as i64) % 3 {
+                        0 if nullable => None,
+                        1 => Some((1 << 40) + k),
+                        _ => Some(k * 100 + m as i64),
+                    }
+                })
+                .collect();
+            OutputRow {
+                family: f,
+                level,
+                bucket: from + k,
+                group,
+                values: Some(values),
+            }
+        })
+        .collect()
+}
+
+/// The aggregate tables' rows, by table and key.
+type Tables = std::collections::BTreeMap<raa::sink::memory::RowId, Vec<Option<i64>>>;
+
+/// `got` is `want`; else the first row that differs, not thousands.
+fn assert_same(got: &Tables, want: &Tables, what: &str) {
+    if got == want {
+        return;
+    }
+    let extra = got.iter().find(|(k, v)| want.get(*k) != Some(*v));
+    let missing = want.iter().find(|(k, v)| got.get(*k) != Some(*v));
+    panic!(
+        "{what}: {} rows where {} were expected; first unexpected {extra:?}, first missing {missing:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// The rows of `rows` as the sink's tables should hold them.
+fn as_tables(rows: &[OutputRow]) -> Tables {
+    rows.iter()
+        .map(|r| {
+            let values = r.values.clone().expect("no deletion in a rewrite");
+            ((r.family, r.level, r.bucket, r.group.clone()), values)
+        })
+        .collect()
+}
+
+/// What every aggregate table holds.
+async fn contents(db: &TestDb) -> Tables {
+    let client = db.client().await;
+    let mut out = Tables::new();
+    for (f, level) in all_tables() {
+        let family = FAMILIES[usize::from(f)];
+        let groups: Vec<String> = family
+            .group_columns()
+            .map(|c| format!("{c}::int8"))
+            .collect();
+        let measures: Vec<&str> = family.measures.iter().map(|m| m.name).collect();
+        let mut columns = vec!["date_time_key".to_owned()];
+        columns.extend(groups.iter().cloned());
+        columns.extend(measures.iter().map(|m| m.to_string()));
+        let sql = format!(
+            "SELECT {} FROM {}",
+            columns.join(", "),
+            family.table_name(level)
+        );
+        for row in client.query(&sql, &[]).await.expect("read a table") {
+            let group = (1..=groups.len()).map(|i| row.get(i)).collect();
+            let values = (groups.len() + 1..row.len()).map(|i| row.get(i)).collect();
+            let id = (f, level, row.get::<_, i64>(0), group);
+            assert!(out.insert(id, values).is_none(), "a duplicate row");
+        }
+    }
+    out
+}
+
+/// The rewrite writes exactly the rows it is given, NULLs included, into
+/// every table, and nothing of what the tables held before: rows of many
+/// tables in every chunk, or a table at a time across chunks as the state
+/// gives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_tables_writes_exactly_the_rows_given() {
+    let (db, mut sink) = with_sink().await;
+    sink.write(Lsn(200), &rows_everywhere(100))
+        .await
+        .expect("first batch");
+
+    let mixed = state_rows(30_000, 1_000);
+    sink.replace_all(Lsn(400), &mut Chunks::of(&mixed, 7_000, None))
+        .await
+        .expect("rewrite, tables mixed");
+    assert_same(&contents(&db).await, &as_tables(&mixed), "tables mixed");
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(400)));
+
+    let mut in_order = state_rows(20_000, 50_000);
+    in_order.sort_by_key(|r| (r.family, r.level, r.bucket));
+    let mut chunks = Chunks::of(&in_order, 3_000, None);
+    sink.replace_all(Lsn(500), &mut chunks)
+        .await
+        .expect("rewrite, table after table");
+    assert_eq!(chunks.reads, 8, "seven chunks and the end");
+    assert_same(&contents(&db).await, &as_tables(&in_order), "in order");
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(500)));
+
+    // Nothing at all: the tables end empty.
+    sink.replace_all(Lsn(600), &mut Chunks::of(&[], 10, None))
+        .await
+        .expect("empty rewrite");
+    assert_eq!(total_rows(&db).await, 0);
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(600)));
+}
+
+/// A rewrite that fails midway, while a table's COPY is open, leaves the
+/// tables and the progress exactly as they were, whatever failed: a chunk
+/// read, a deletion among the rows, a value the column cannot hold, a row
+/// the server refuses, or a progress past the rewrite's. The connection
+/// serves the next rewrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_failing_midway_keeps_the_old_tables_and_progress() {
+    let (db, mut sink) = with_sink().await;
+    let old = state_rows(5_000, 1_000);
+    sink.replace_all(Lsn(300), &mut Chunks::of(&old, 2_000, None))
+        .await
+        .expect("first rewrite");
+    let before = contents(&db).await;
+    assert_same(&before, &as_tables(&old), "first rewrite");
+
+    let mut new = state_rows(20_000, 9_000);
+    new.sort_by_key(|r| (r.family, r.level, r.bucket));
+    let unchanged = |what: &'static str| {
+        let (db, before) = (&db, &before);
+        async move {
+            assert_same(&contents(db).await, before, what);
+        }
+    };
+
+    match sink
+        .replace_all(Lsn(400), &mut Chunks::of(&new, 4_000, Some(3)))
+        .await
+    {
+        Err(SinkError::Rows(e)) => assert_eq!(e.to_string(), "the disk went away"),
+        other => panic!("a failed read must fail the rewrite, got {other:?}"),
+    }
+    unchanged("failed read").await;
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(300)));
+
+    let mut with_deletion = new.clone();
+    with_deletion[10_000].values = None;
+    let deleted = &with_deletion[10_000];
+    let deleted_table = FAMILIES[usize::from(deleted.family)].table_name(deleted.level);
+    match sink
+        .replace_all(Lsn(400), &mut Chunks::of(&with_deletion, 4_000, None))
+        .await
+    {
+        Err(SinkError::DeletionInRewrite { table }) => assert_eq!(table, deleted_table),
+        other => panic!("a deletion must fail the rewrite, got {other:?}"),
+    }
+    unchanged("deletion").await;
+
+    let mut too_large = new.clone();
+    let (i, row) = too_large
+        .iter_mut()
+        .enumerate()
+        .skip(12_000)
+        .find(|(_, r)| !r.group.is_empty())
+        .expect("a row with group columns");
+    row.group[0] = Some(i64::from(i32::MAX) + 1);
+    let family = FAMILIES[usize::from(row.family)];
+    let (big_table, big_column) = (
+        family.table_name(row.level),
+        family.group_columns().next().expect("a group column"),
+    );
+    match sink
+        .replace_all(Lsn(400), &mut Chunks::of(&too_large, 4_000, None))
+        .await
+    {
+        Err(SinkError::OutOfRange {
+            table,
+            column,
+            value,
+        }) => assert_eq!(
+            (table, column, value),
+            (big_table, big_column, i64::from(i32::MAX) + 1),
+            "row {i}"
+        ),
+        other => panic!("a value out of the column's range must fail, got {other:?}"),
+    }
+    unchanged("out of range").await;
+
+    let refused = &new[15_000];
+    let refused_table = FAMILIES[usize::from(refused.family)].table_name(refused.level);
+    let admin = db.client().await;
+    refuse_bucket(&admin, &refused_table, Some(refused.bucket)).await;
+    match sink
+        .replace_all(Lsn(400), &mut Chunks::of(&new, 4_000, None))
+        .await
+    {
+        Err(SinkError::Sql { what, source }) => {
+            assert_eq!(what, format!("copy into {refused_table}"), "{source}")
+        }
+        other => panic!("a refused row must fail the rewrite, got {other:?}"),
+    }
+    unchanged("refused row").await;
+    refuse_bucket(&admin, &refused_table, None).await;
+
+    match sink
+        .replace_all(Lsn(250), &mut Chunks::of(&new, 4_000, None))
+        .await
+    {
+        Err(SinkError::ProgressRegressed { recorded, lsn, .. }) => {
+            assert_eq!((recorded, lsn), (Lsn(300), Lsn(250)));
+        }
+        other => panic!("a rewrite behind the progress must be refused, got {other:?}"),
+    }
+    unchanged("behind the progress").await;
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(300)));
+
+    sink.replace_all(Lsn(400), &mut Chunks::of(&new, 4_000, None))
+        .await
+        .expect("rewrite");
+    assert_same(&contents(&db).await, &as_tables(&new), "rewrite");
+    assert_eq!(sink.progress().await.unwrap(), Some(Lsn(400)));
+}

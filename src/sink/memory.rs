@@ -56,6 +56,11 @@ impl Sink for MemorySink {
         rows: &mut (dyn RowChunks + Send),
     ) -> Result<(), SinkError> {
         let all = read_all(rows)?;
+        if let Some(r) = all.iter().find(|r| r.values.is_none()) {
+            return Err(SinkError::DeletionInRewrite {
+                table: super::copy::table_name(r.family, r.level),
+            });
+        }
         self.rows.clear();
         self.progress = None;
         self.write(lsn, &all).await

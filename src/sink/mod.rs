@@ -9,6 +9,7 @@
 //! - The progress LSN never moves backwards; a write that would move it back is
 //!   refused (another raa on the same slot, or a restored database).
 
+mod copy;
 pub mod memory;
 pub mod postgres;
 
@@ -48,6 +49,29 @@ pub enum SinkError {
     BadProgress { slot: String, text: String },
     #[error("the sink's write task ended without handing its connection back")]
     WriteTaskLost,
+    #[error(
+        "the rewrite of the aggregate tables got a deletion for {table}: \
+         the rows of a rewrite all hold values"
+    )]
+    DeletionInRewrite { table: String },
+    #[error("a row for {table} has {got} columns where the table has {expected}")]
+    RowShape {
+        table: String,
+        got: usize,
+        expected: usize,
+    },
+    #[error("{table}.{column} is of type {ty}: raa writes integer columns only")]
+    ColumnType {
+        table: String,
+        column: &'static str,
+        ty: String,
+    },
+    #[error("{table}.{column}: {value} is out of the column's range")]
+    OutOfRange {
+        table: String,
+        column: &'static str,
+        value: i64,
+    },
 }
 
 /// Where aggregate rows go.
@@ -70,7 +94,8 @@ pub trait Sink {
     /// Replaces the whole content of the aggregate tables with `rows` (all
     /// upserts, read a chunk at a time: the whole state) and records `lsn`,
     /// in one transaction: after a backfill, the state holds rows no batch
-    /// ever wrote.
+    /// ever wrote. A deletion among `rows` is refused
+    /// ([`SinkError::DeletionInRewrite`]): the state has none to give.
     async fn replace_all(
         &mut self,
         lsn: Lsn,

@@ -7,11 +7,16 @@
 //! usual batch is one wave, and a large one is never encoded whole.
 //! Statements are prepared once.
 //!
+//! The rewrite of every table after a backfill ([`Sink::replace_all`]) is
+//! one transaction too, but loads the emptied tables with binary COPY: no
+//! row can conflict there, and COPY skips what an upsert costs per row.
+//!
 //! [`Sink::submit`] runs the transaction in a task of its own, so the
 //! pipeline aggregates the next batch while PostgreSQL maintains the
 //! aggregate tables' indexes (half of a catch-up's time, done one after the
 //! other before). The connection moves into the task and back.
 
+use super::copy::{self, CopyTable};
 use super::{RowChunks, Sink, SinkError};
 use crate::aggregate::catalog::FAMILIES;
 use crate::aggregate::family::Family;
@@ -68,7 +73,7 @@ struct Conn {
     wave_rows: usize,
 }
 
-fn sql_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
+pub(super) fn sql_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SinkError {
     let what = what.into();
     move |source| SinkError::Sql { what, source }
 }
@@ -254,10 +259,24 @@ impl Sink for PgSink {
         lsn: Lsn,
         rows: &mut (dyn RowChunks + Send),
     ) -> Result<(), SinkError> {
-        self.conn()
-            .await?
-            .write_in(lsn, Rows::Chunks(rows), true)
-            .await
+        self.conn().await?;
+        let Some(mut conn) = self.conn.take() else {
+            return Err(SinkError::WriteTaskLost);
+        };
+        let (chunks, received) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            let written = conn.replace(lsn, received).await;
+            (conn, written)
+        });
+        // Held as a submitted write is: were this call dropped midway, the
+        // next one would still get the connection back.
+        self.in_flight = Some((lsn, task));
+        let fed = feed(rows, &chunks).await;
+        drop(chunks);
+        let written = self.confirm().await;
+        // A failed read ends the rewrite first: its error is the cause.
+        fed?;
+        written.map(drop)
     }
 
     async fn submit(&mut self, lsn: Lsn, rows: Vec<OutputRow>) -> Result<(), SinkError> {
@@ -355,6 +374,20 @@ const STATEMENT_ROWS: usize = 5_000;
 const WAVE_ROWS: usize = 20_000;
 
 impl PgSink {
+    /// [`Sink::replace_all`] as upserts, the way it was written before it
+    /// used COPY: the benchmark's reference.
+    #[doc(hidden)]
+    pub async fn replace_all_by_upserts(
+        &mut self,
+        lsn: Lsn,
+        rows: &mut (dyn RowChunks + Send),
+    ) -> Result<(), SinkError> {
+        self.conn()
+            .await?
+            .write_in(lsn, Rows::Chunks(rows), true)
+            .await
+    }
+
     /// Test hook: smaller statements and waves, so a small batch spans several.
     #[doc(hidden)]
     pub fn with_wave_limits(mut self, statement_rows: usize, wave_rows: usize) -> PgSink {
@@ -367,24 +400,84 @@ impl PgSink {
 }
 
 impl Conn {
-    /// One sink transaction; with `replace`, the aggregate tables are emptied
-    /// first (DELETE, not TRUNCATE: GCXI readers keep seeing the old rows
-    /// until the commit instead of waiting on a lock).
-    async fn write_in(&mut self, lsn: Lsn, rows: Rows<'_>, replace: bool) -> Result<(), SinkError> {
+    /// The sink's tables, in a fixed order.
+    fn tables(&self) -> Vec<(u16, Level)> {
+        let mut tables: Vec<(u16, Level)> = self.upserts.keys().copied().collect();
+        tables.sort_unstable();
+        tables
+    }
+
+    /// [`Sink::replace_all`] in the write task: the tables emptied, then
+    /// loaded by COPY from the chunks [`feed`] hands over, one table's COPY
+    /// at a time. The state gives its rows in key order, table after table,
+    /// so a table's COPY stays open from chunk to chunk; rows of several
+    /// tables in one chunk are sorted by table, the table still open first.
+    /// Chunks stop coming without their end (`None`) when the read failed:
+    /// the transaction is then rolled back.
+    async fn replace(&mut self, lsn: Lsn, mut chunks: Chunks) -> Result<(), SinkError> {
+        let tables = self.tables();
         let tx = self.client.transaction().await.map_err(sql_err("begin"))?;
-        if replace {
-            let mut tables: Vec<String> = self
-                .upserts
-                .keys()
-                .map(|&(f, l)| FAMILIES[usize::from(f)].table_name(l))
-                .collect();
-            tables.sort();
-            for table in tables {
-                tx.batch_execute(&format!("DELETE FROM {table}"))
-                    .await
-                    .map_err(sql_err(format!("empty {table}")))?;
+        empty(&tx, &tables).await?;
+        let copies: HashMap<(u16, Level), CopyTable> =
+            futures_util::future::join_all(tables.into_iter().map(|(f, l)| {
+                let tx = &tx;
+                async move { Ok(((f, l), CopyTable::prepare(tx, f, l).await?)) }
+            }))
+            .await
+            .into_iter()
+            .collect::<Result<_, SinkError>>()?;
+        let mut open: Option<(&CopyTable, copy::Writer)> = None;
+        let mut cells = Vec::new();
+        while let Some(rows) = chunks.recv().await.ok_or_else(|| {
+            SinkError::Rows("the rewrite's rows stopped before their last chunk".into())
+        })? {
+            let current = open.as_ref().map(|(t, _)| t.target());
+            let mut order: Vec<usize> = (0..rows.len()).collect();
+            // Stable, and linear on rows already in table order.
+            order.sort_by_key(|&i| {
+                let t = (rows[i].family, rows[i].level);
+                (Some(t) != current, t)
+            });
+            for i in order {
+                let row = &rows[i];
+                let target = (row.family, row.level);
+                let Some(table) = copies.get(&target) else {
+                    return Err(SinkError::Unprepared {
+                        table: copy::table_name(row.family, row.level),
+                    });
+                };
+                let writer = match &mut open {
+                    Some((t, writer)) if t.target() == target => writer,
+                    _ => {
+                        if let Some((t, writer)) = open.take() {
+                            t.finish(writer).await?;
+                        }
+                        &mut open.insert((table, table.start(&tx).await?)).1
+                    }
+                };
+                table.write(writer, row, &mut cells).await?;
             }
         }
+        if let Some((t, writer)) = open.take() {
+            t.finish(writer).await?;
+        }
+        let lsn_text = lsn.to_string();
+        let updated = tx
+            .execute(&self.progress_stmt, &[&self.slot, &lsn_text])
+            .await
+            .map_err(sql_err("progress update"))?;
+        if updated == 0 {
+            return Err(regressed(&tx, &self.slot, lsn).await);
+        }
+        tx.commit().await.map_err(sql_err("commit"))
+    }
+
+    /// One sink transaction; with `replace`, the aggregate tables are
+    /// emptied first.
+    async fn write_in(&mut self, lsn: Lsn, rows: Rows<'_>, replace: bool) -> Result<(), SinkError> {
+        let emptied = if replace { self.tables() } else { Vec::new() };
+        let tx = self.client.transaction().await.map_err(sql_err("begin"))?;
+        empty(&tx, &emptied).await?;
         let mut out = Out {
             tx: &tx,
             upserts: &self.upserts,
@@ -544,17 +637,65 @@ impl Out<'_, '_> {
                 result?;
             }
             if updated? == 0 {
-                let recorded = read_progress(self.tx, progress.slot)
-                    .await?
-                    .unwrap_or_default();
-                return Err(SinkError::ProgressRegressed {
-                    slot: progress.slot.clone(),
-                    recorded,
-                    lsn: progress.lsn,
-                });
+                return Err(regressed(self.tx, progress.slot, progress.lsn).await);
             }
         }
         Ok(())
+    }
+}
+
+/// A rewrite's chunks on their way to the write task; `None` ends them.
+type Chunks = tokio::sync::mpsc::Receiver<Option<Vec<OutputRow>>>;
+
+/// Reads `rows` and hands them to the write task a chunk at a time, the
+/// next read while the task writes the chunk before: the server takes in
+/// one chunk while raa reads the next from the state. A chunk is read once
+/// the task has taken the one before, so two are in memory at most. Stops
+/// early, without error, when the task has ended: its error says why.
+async fn feed(
+    rows: &mut (dyn RowChunks + Send),
+    chunks: &tokio::sync::mpsc::Sender<Option<Vec<OutputRow>>>,
+) -> Result<(), SinkError> {
+    loop {
+        let Ok(permit) = chunks.reserve().await else {
+            return Ok(());
+        };
+        let chunk = rows.next_chunk()?;
+        let last = chunk.is_none();
+        permit.send(chunk);
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+/// Empties `tables` in `tx`. DELETE, not TRUNCATE: GCXI readers keep
+/// seeing the old rows until the commit instead of waiting on a lock, and a
+/// reader's snapshot taken before the commit never sees the tables empty
+/// (TRUNCATE is not MVCC-safe).
+async fn empty(
+    tx: &tokio_postgres::Transaction<'_>,
+    tables: &[(u16, Level)],
+) -> Result<(), SinkError> {
+    for &(f, l) in tables {
+        let table = copy::table_name(f, l);
+        tx.batch_execute(&format!("DELETE FROM {table}"))
+            .await
+            .map_err(sql_err(format!("empty {table}")))?;
+    }
+    Ok(())
+}
+
+/// The error of a progress update that changed nothing: the recorded
+/// progress is past `lsn`.
+async fn regressed(tx: &tokio_postgres::Transaction<'_>, slot: &str, lsn: Lsn) -> SinkError {
+    match read_progress(tx, slot).await {
+        Ok(recorded) => SinkError::ProgressRegressed {
+            slot: slot.to_owned(),
+            recorded: recorded.unwrap_or_default(),
+            lsn,
+        },
+        Err(e) => e,
     }
 }
 
